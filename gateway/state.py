@@ -1,0 +1,87 @@
+"""The gateway's state database (SQLite, WAL): frame counters and opaque per-stage state."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frame_counters (
+    dev_addr INTEGER PRIMARY KEY,
+    fcnt     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    namespace TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    value     BLOB NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+"""
+
+
+class StateStore:
+    """Durable key-value state. Safe to share between threads; each write is one transaction."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash; FULL also survives power loss.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def frame_counters(self) -> dict[int, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT dev_addr, fcnt FROM frame_counters").fetchall()
+        return {dev_addr: fcnt for dev_addr, fcnt in rows}
+
+    def set_frame_counter(self, dev_addr: int, fcnt: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO frame_counters (dev_addr, fcnt) VALUES (?, ?) "
+                "ON CONFLICT(dev_addr) DO UPDATE SET fcnt = excluded.fcnt",
+                (dev_addr, fcnt),
+            )
+
+    def reset_frame_counter(self, dev_addr: int) -> bool:
+        """Forget a device's counter (operator command after a real device reset)."""
+        with self._lock:
+            cur = self._db.execute("DELETE FROM frame_counters WHERE dev_addr = ?", (dev_addr,))
+        return cur.rowcount > 0
+
+    def get_blob(self, namespace: str, key: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM blobs WHERE namespace = ? AND key = ?", (namespace, key)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_blobs(self, namespace: str, items: dict[str, bytes]) -> None:
+        """Write many values in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO blobs (namespace, key, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT(namespace, key) DO UPDATE SET value = excluded.value",
+                    [(namespace, k, v) for k, v in items.items()],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def blobs(self, namespace: str) -> dict[str, bytes]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, value FROM blobs WHERE namespace = ?", (namespace,)
+            ).fetchall()
+        return {k: bytes(v) for k, v in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

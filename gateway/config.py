@@ -1,0 +1,160 @@
+"""The gateway's configuration: one TOML file validated by pydantic, overridable from the environment."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "LORA_GATEWAY_"
+DEFAULT_BAUD = {"rylr": 115200, "rak3172": 115200, "rn2483": 57600}
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the user (file, key, value, why)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SerialConfig(_Section):
+    port: str = Field("/dev/ttyUSB0", description="Serial device of the LoRa module (a path, /dev/serial/by-id/... or a pty).")
+    dialect: Literal["rylr", "rak3172", "rn2483"] = Field("rylr", description="AT command set of the module.")
+    baud: int | None = Field(None, description="Baud rate; default by dialect (rylr, rak3172: 115200; rn2483: 57600).")
+    frequency_hz: int = Field(868_100_000, ge=137_000_000, le=1_020_000_000, description="Receive frequency.")
+    spreading_factor: int = Field(7, ge=7, le=12, description="LoRa spreading factor of the nodes.")
+    bandwidth_khz: Literal[125, 250, 500] = Field(125, description="LoRa bandwidth.")
+    coding_rate: Literal[5, 6, 7, 8] = Field(5, description="Coding rate denominator: 4/5 .. 4/8.")
+    preamble: int = Field(8, ge=6, le=65535, description="Preamble length in symbols.")
+    network_id: int = Field(18, ge=0, le=255, description="RYLR network id (nodes use the same).")
+    address: int = Field(0, ge=0, le=65535, description="RYLR address of the gateway's module.")
+    reply_timeout_s: float = Field(2.0, gt=0, description="How long to wait for each set-up reply.")
+
+    @property
+    def effective_baud(self) -> int:
+        return self.baud or DEFAULT_BAUD[self.dialect]
+
+
+class TlsConfig(_Section):
+    ca_file: Path | None = Field(None, description="CA certificate that signed the broker's certificate.")
+    cert_file: Path | None = Field(None, description="Client certificate (optional).")
+    key_file: Path | None = Field(None, description="Client private key (with cert_file).")
+    insecure: bool = Field(False, description="Skip host name checks (testing only).")
+
+
+class MqttConfig(_Section):
+    host: str = Field("127.0.0.1", description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    base_topic: str = Field("lora-gateway", min_length=1, description="Prefix of every topic.")
+    client_id: str | None = Field(None, description="MQTT client id; default lora-gateway-<gateway_id>.")
+    protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    tls: TlsConfig | None = Field(None, description="Enable TLS with this table.")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix.")
+
+    @field_validator("base_topic")
+    @classmethod
+    def _no_wildcards(cls, v: str) -> str:
+        if any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must not contain '#' or '+' nor start or end with '/'")
+        return v
+
+
+class LogConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    rejection_log_interval_s: float = Field(
+        10.0, gt=0, description="Each rejection reason is logged at most once per interval, with a count."
+    )
+
+
+class GatewayConfig(_Section):
+    gateway_id: str = Field("gateway", pattern=r"^[A-Za-z0-9_-]+$", description="Names this gateway in topics and discovery.")
+    devices_file: Path = Field(Path("devices.toml"), description="Device keys (must not be readable by group or others).")
+    state_path: Path = Field(Path("state.db"), description="SQLite state database: frame counters, detector state.")
+    serial: SerialConfig = SerialConfig()
+    mqtt: MqttConfig = MqttConfig()
+    log: LogConfig = LogConfig()
+    detector: dict[str, Any] = Field(default_factory=dict, description="Detector settings (see the detector reference).")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewayConfig:
+        tls = self.mqtt.tls
+        if tls and bool(tls.cert_file) != bool(tls.key_file):
+            raise ValueError("mqtt.tls: cert_file and key_file go together")
+        return self
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """LORA_GATEWAY_MQTT__HOST=broker sets mqtt.host: '__' separates nesting levels."""
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        lines.append(f"{source}: {key}: {e['msg']}{got}")
+    return "\n".join(lines)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def load_config(path: Path | None, environ: dict[str, str] | None = None) -> GatewayConfig:
+    """Read, override from the environment, validate; relative paths are taken from the file's folder."""
+    environ = dict(os.environ) if environ is None else environ
+    raw = read_toml(path) if path is not None else {}
+    overrides = _env_overrides(environ)
+    source = str(path) if path else "defaults"
+    if overrides:
+        source += " + environment"
+    try:
+        cfg = GatewayConfig.model_validate(_merge(raw, overrides))
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(source, e)) from None
+    base = path.parent if path is not None else Path.cwd()
+    cfg.devices_file = base / cfg.devices_file
+    cfg.state_path = base / cfg.state_path
+    if not cfg.serial.port.startswith("/"):
+        cfg.serial.port = str(base / cfg.serial.port)
+    if cfg.mqtt.tls:
+        for field in ("ca_file", "cert_file", "key_file"):
+            value = getattr(cfg.mqtt.tls, field)
+            if value is not None:
+                setattr(cfg.mqtt.tls, field, base / value)
+    return cfg

@@ -1,0 +1,149 @@
+"""The device registry: a TOML file of ABP session keys that only its owner may read."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.config import ConfigError, format_validation_error, read_toml
+from gateway.lorawan import SessionKeys
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class DeviceEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dev_addr: str = Field(description="DevAddr, 8 hex digits, big-endian as written on labels (26011BDA).")
+    nwk_skey: str = Field(description="Network session key, 32 hex digits.", repr=False)
+    app_skey: str = Field(description="Application session key, 32 hex digits.", repr=False)
+    period_s: float | None = Field(None, gt=0, description="Expected reporting period; silence past 3x marks it offline.")
+
+    @field_validator("dev_addr")
+    @classmethod
+    def _dev_addr(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9A-Fa-f]{8}", v):
+            raise ValueError("must be 8 hex digits")
+        return v.upper()
+
+    @field_validator("nwk_skey", "app_skey")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        # The message must not echo the key: pydantic would print the input, so say only its shape.
+        if not re.fullmatch(r"[0-9A-Fa-f]{32}", v):
+            raise ValueError(f"must be 32 hex digits (got {len(v)} characters)")
+        return v.upper()
+
+
+class DevicesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    devices: dict[str, DeviceEntry] = Field(default_factory=dict)
+
+
+def check_private(path: Path) -> None:
+    """Refuse key files others can read, as ssh does."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{path}: permissions {stat.S_IMODE(mode):04o} are too open: device keys must not be "
+            f"accessible by group or others (run: chmod 600 {path})"
+        )
+
+
+def load_devices(path: Path) -> dict[str, DeviceEntry]:
+    if not path.exists():
+        raise ConfigError(f"{path}: devices file not found (create one with: lora-gateway device add NAME)")
+    check_private(path)
+    raw = read_toml(path)
+    try:
+        parsed = DevicesFile.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            # Never let a key's value into a message.
+            secret = err["loc"][-1] in ("nwk_skey", "app_skey")
+            got = "" if err["type"] == "missing" or secret else f" (got {err['input']!r})"
+            lines.append(f"{path}: {key}: {err['msg']}{got}")
+        raise ConfigError("\n".join(lines)) from None
+    seen: dict[str, str] = {}
+    for name, entry in parsed.devices.items():
+        if not _NAME.match(name):
+            raise ConfigError(f"{path}: devices.{name}: a device name uses letters, digits, '-' and '_' only")
+        if entry.dev_addr in seen:
+            raise ConfigError(
+                f"{path}: devices.{name}.dev_addr: {entry.dev_addr} is already used by {seen[entry.dev_addr]}"
+            )
+        seen[entry.dev_addr] = name
+    return parsed.devices
+
+
+def session_keys(devices: dict[str, DeviceEntry]) -> list[SessionKeys]:
+    return [
+        SessionKeys(
+            name=name,
+            dev_addr=int(e.dev_addr, 16),
+            nwk_skey=bytes.fromhex(e.nwk_skey),
+            app_skey=bytes.fromhex(e.app_skey),
+        )
+        for name, e in devices.items()
+    ]
+
+
+def _toml_entry(name: str, e: DeviceEntry) -> str:
+    lines = [f"[devices.{name}]", f'dev_addr = "{e.dev_addr}"', f'nwk_skey = "{e.nwk_skey}"', f'app_skey = "{e.app_skey}"']
+    if e.period_s is not None:
+        lines.append(f"period_s = {e.period_s}")
+    return "\n".join(lines) + "\n"
+
+
+def add_device(path: Path, name: str, period_s: float | None = None) -> DeviceEntry:
+    """Append a device with fresh random keys; the file is created 0600 if missing."""
+    if not _NAME.match(name):
+        raise ConfigError(f"device name {name!r}: use 1-64 letters, digits, '-' and '_'")
+    devices = load_devices(path) if path.exists() else {}
+    if name in devices:
+        raise ConfigError(f"{path}: device {name!r} already exists")
+    used = {e.dev_addr for e in devices.values()}
+    while True:
+        # NwkID 0x13 prefix (7 bits) is one the LoRa Alliance keeps for experimental/private networks.
+        dev_addr = f"{(0x13 << 25) | secrets.randbits(25):08X}"
+        if dev_addr not in used:
+            break
+    entry = DeviceEntry(
+        dev_addr=dev_addr,
+        nwk_skey=secrets.token_hex(16).upper(),
+        app_skey=secrets.token_hex(16).upper(),
+        period_s=period_s,
+    )
+    text = _toml_entry(name, entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as f:
+        if f.tell() > 0:
+            f.write("\n")
+        f.write(text)
+    return entry
+
+
+def firmware_snippet(name: str, e: DeviceEntry) -> str:
+    """The keys in the form node firmware (LMIC, RadioLib, RUI3) expects."""
+    def c_array(hexstr: str) -> str:
+        return "{ " + ", ".join(f"0x{hexstr[i:i + 2]}" for i in range(0, len(hexstr), 2)) + " }"
+
+    return (
+        f"Device {name} (ABP, LoRaWAN 1.0.x). Shown once: keep it secret.\n"
+        f"  DevAddr : {e.dev_addr}\n"
+        f"  NwkSKey : {e.nwk_skey}\n"
+        f"  AppSKey : {e.app_skey}\n"
+        f"C (LMIC / RadioLib, MSB first):\n"
+        f"  static const uint32_t DEVADDR = 0x{e.dev_addr};\n"
+        f"  static const uint8_t NWKSKEY[16] = {c_array(e.nwk_skey)};\n"
+        f"  static const uint8_t APPSKEY[16] = {c_array(e.app_skey)};\n"
+        f"RAK3172 (RUI3): AT+DEVADDR={e.dev_addr}  AT+NWKSKEY={e.nwk_skey}  AT+APPSKEY={e.app_skey}\n"
+    )

@@ -1,0 +1,116 @@
+"""Configuration and device files: defaults that work, and errors that name file, key and value."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import ConfigError, load_config
+from gateway.devices import add_device, load_devices, session_keys
+
+
+def write(path: Path, text: str, mode: int = 0o644) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path / "c.toml", '[serial]\nport = "lora-sim.tty"\ndialect = "rn2483"\n'), environ={})
+    assert cfg.serial.effective_baud == 57600
+    assert cfg.serial.port == str(tmp_path / "lora-sim.tty")
+    assert cfg.devices_file == tmp_path / "devices.toml"
+    assert cfg.mqtt.base_topic == "lora-gateway"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[serial]\ndialect = "sx1276"\n', "serial.dialect"),
+        ("[serial]\nspreading_factor = 13\n", "serial.spreading_factor"),
+        ("[mqtt]\nport = 0\n", "mqtt.port"),
+        ('[mqtt]\nbase_topic = "a/#"\n', "mqtt.base_topic"),
+        ("[mqtt]\nhots = 1\n", "mqtt.hots"),
+        ("[serial\n", "not valid TOML"),
+        ('[mqtt.tls]\ncert_file = "c.pem"\n', "cert_file and key_file go together"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path / "bad.toml", text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, environ={})
+    assert str(path) in str(e.value)
+    assert expected in str(e.value)
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", "[mqtt]\nport = 1883\n")
+    cfg = load_config(path, environ={"LORA_GATEWAY_MQTT__PORT": "8883", "LORA_GATEWAY_MQTT__HOST": "broker"})
+    assert (cfg.mqtt.host, cfg.mqtt.port) == ("broker", 8883)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, environ={"LORA_GATEWAY_MQTT__PORT": "many"})
+    assert "environment" in str(e.value) and "mqtt.port" in str(e.value)
+
+
+def test_device_add_creates_private_file_with_fresh_keys(tmp_path: Path) -> None:
+    path = tmp_path / "devices.toml"
+    a = add_device(path, "pump")
+    b = add_device(path, "cold-room", period_s=60)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    devices = load_devices(path)
+    assert set(devices) == {"pump", "cold-room"}
+    assert a.dev_addr != b.dev_addr and a.nwk_skey != b.nwk_skey and a.app_skey != a.nwk_skey
+    keys = {k.name: k for k in session_keys(devices)}
+    assert keys["pump"].nwk_skey == bytes.fromhex(a.nwk_skey)
+    with pytest.raises(ConfigError, match="already exists"):
+        add_device(path, "pump")
+
+
+def test_readable_keys_file_refused(tmp_path: Path) -> None:
+    path = tmp_path / "devices.toml"
+    add_device(path, "pump")
+    path.chmod(0o640)
+    with pytest.raises(ConfigError) as e:
+        load_devices(path)
+    assert str(path) in str(e.value) and "0640" in str(e.value) and "chmod 600" in str(e.value)
+
+
+def test_bad_key_named_without_echoing_it(tmp_path: Path) -> None:
+    secret = "00112233445566778899AABBCCDDEEFG"  # 32 characters, one not hex
+    path = write(
+        tmp_path / "devices.toml",
+        f'[devices.pump]\ndev_addr = "26011BDA"\nnwk_skey = "{secret}"\napp_skey = "{"0" * 32}"\n',
+        0o600,
+    )
+    with pytest.raises(ConfigError) as e:
+        load_devices(path)
+    assert "devices.pump.nwk_skey" in str(e.value)
+    assert secret not in str(e.value)
+
+
+def test_duplicate_dev_addr_refused(tmp_path: Path) -> None:
+    entry = f'dev_addr = "26011BDA"\nnwk_skey = "{"1" * 32}"\napp_skey = "{"2" * 32}"\n'
+    path = write(tmp_path / "devices.toml", f"[devices.a]\n{entry}[devices.b]\n{entry}", 0o600)
+    with pytest.raises(ConfigError, match="devices.b.dev_addr: 26011BDA is already used by a"):
+        load_devices(path)
+
+
+def test_cli_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path / "c.toml", '[serial]\nport = "/dev/ttyUSB0"\n')
+    assert main(["device", "add", "pump", "--config", str(config)]) == 0
+    shown = capsys.readouterr().out
+    key = load_devices(tmp_path / "devices.toml")["pump"].nwk_skey
+    assert key in shown and "NWKSKEY[16]" in shown  # printed once, in the form firmware needs
+
+    assert main(["check-config", "--config", str(config)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["device", "list", "--config", str(config)]) == 0
+    assert key not in capsys.readouterr().out
+
+    write(config, "[serial]\nbaud = 'fast'\n")
+    assert main(["check-config", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: serial.baud" in err and "'fast'" in err

@@ -1,0 +1,79 @@
+"""Lines from the module to decoded readings: dialect -> LoRaWAN -> Cayenne LPP.
+
+Every rejection is counted by reason; the ones due for a report come back as events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import lpp
+from gateway.dialects import Dialect
+from gateway.lorawan import UplinkDecoder
+from gateway.records import RadioFrame, Reading, Rejected
+from gateway.rejections import RejectionCounter
+
+
+@dataclass(slots=True)
+class PipelineOutput:
+    readings: list[Reading] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)  # to write back to the module
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, dialect: Dialect, decoder: UplinkDecoder, rejections: RejectionCounter) -> None:
+        self.dialect = dialect
+        self.decoder = decoder
+        self.rejections = rejections
+        self.frames_accepted = 0
+
+    def process(self, lines: list[bytes | Rejected], now: float) -> PipelineOutput:
+        out = PipelineOutput()
+        for raw in lines:
+            frames = self._parse_line(raw, now, out)
+            for frame in frames:
+                reading = self._decode(frame, out)
+                if reading is not None:
+                    out.readings.append(reading)
+        return out
+
+    def _reject(self, rejection: Rejected, now: float, stage: str, out: PipelineOutput) -> None:
+        event = self.rejections.record(rejection, now, stage)
+        if event is not None:
+            out.events.append(event)
+
+    def _parse_line(self, raw: bytes | Rejected, now: float, out: PipelineOutput) -> list[RadioFrame]:
+        try:
+            if isinstance(raw, Rejected):
+                raise raw
+            try:
+                line = raw.decode("ascii")
+            except UnicodeDecodeError as e:
+                raise Rejected("not_text", f"byte 0x{raw[e.start]:02X} at offset {e.start}") from None
+            result = self.dialect.on_line(line, now)
+        except Rejected as r:
+            self._reject(r, now, "serial", out)
+            return []
+        out.commands.extend(result.commands)
+        return result.frames
+
+    def _decode(self, frame: RadioFrame, out: PipelineOutput) -> Reading | None:
+        stage = "lorawan"
+        try:
+            uplink = self.decoder.decode(frame)
+            stage = "lpp"
+            values = lpp.decode(uplink.payload)
+        except Rejected as r:
+            self._reject(r, frame.received_at, stage, out)
+            return None
+        self.frames_accepted += 1
+        return Reading(
+            device=uplink.device,
+            values=values,
+            fcnt=uplink.fcnt,
+            rssi=frame.rssi,
+            snr=frame.snr,
+            time=frame.received_at,
+        )

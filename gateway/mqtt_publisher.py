@@ -1,0 +1,180 @@
+"""MQTT side of the gateway: bridge state with last will, info, per-device state, events, alerts.
+
+Alerts go through the outbox (committed before publishing, deleted on PUBACK). Telemetry
+waits in a bounded queue while the broker is away, oldest dropped first and counted. On
+every (re)connect the bridge state, info, each device's last state and the waiting
+messages are published again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import ssl
+import threading
+from collections import deque
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from gateway.config import MqttConfig
+from gateway.outbox import Outbox, OutboxMessage
+from gateway.records import Reading
+
+log = logging.getLogger(__name__)
+
+def to_json(payload: Any) -> str:
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+
+
+ONLINE = to_json({"state": "online"})
+OFFLINE = to_json({"state": "offline"})
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class MqttPublisher:
+    """Owns the paho client. Publishing is thread-safe; paho's network loop runs in its own thread."""
+
+    def __init__(
+        self, cfg: MqttConfig, gateway_id: str, info: dict[str, Any], outbox: Outbox, telemetry_queue: int = 10_000
+    ) -> None:
+        self.cfg = cfg
+        self.base = cfg.base_topic
+        self._info = info
+        self.outbox = outbox
+        self.connected = threading.Event()
+        # One lock orders "is the broker there?" against queueing, so nothing waits for the next outage.
+        self._lock = threading.Lock()
+        self._telemetry: deque[tuple[str, str, int, bool]] = deque()
+        self._telemetry_cap = telemetry_queue
+        self.telemetry_dropped = 0
+        self._last_state: dict[str, str] = {}  # topic -> payload, republished on reconnect
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox id
+        protocol = MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or f"lora-gateway-{gateway_id}",
+            protocol=protocol,
+        )
+        self.client.will_set(self.topic("bridge/state"), OFFLINE, qos=1, retain=True)
+        if cfg.username is not None:
+            self.client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls is not None:
+            self.client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            self.client.tls_insecure_set(cfg.tls.insecure)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.base}/{suffix}"
+
+    def start(self) -> None:
+        """Connect in the background; paho retries with backoff until the broker is there."""
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            log.error("broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            return
+        log.info("connected to broker %s:%d", self.cfg.host, self.cfg.port)
+        with self._lock:
+            client.publish(self.topic("bridge/state"), ONLINE, qos=1, retain=True)
+            client.publish(self.topic("bridge/info"), to_json(self._info), qos=1, retain=True)
+            for topic, payload in self._last_state.items():
+                client.publish(topic, payload, qos=1, retain=True)
+            while self._telemetry:
+                client.publish(*self._telemetry.popleft())
+            if self.telemetry_dropped:
+                client.publish(self.topic("bridge/event"), to_json(
+                    {"type": "telemetry_dropped", "count": self.telemetry_dropped,
+                     "detail": f"queue of {self._telemetry_cap} full while the broker was away"}))
+            # Messages paho still holds in flight are resent by paho itself.
+            waiting = set(self._inflight.values())
+            for message in self.outbox.pending(limit=self.outbox.cap):
+                if message.id not in waiting:
+                    self._send_outbox(message)
+            self.connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        with self._lock:
+            self.connected.clear()
+        if reason.is_failure:
+            log.warning("lost the broker %s:%d (%s); reconnecting", self.cfg.host, self.cfg.port, reason)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        with self._lock:
+            message_id = self._inflight.pop(mid, None)
+        if message_id is not None and not reason.is_failure:
+            self.outbox.remove(message_id)
+
+    def _send_outbox(self, message: OutboxMessage) -> None:
+        """Publish with the lock held, so the PUBACK callback finds the mid recorded."""
+        info = self.client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+        self._inflight[info.mid] = message.id
+
+    def _publish_or_queue(self, topic: str, payload: str, qos: int, retain: bool) -> None:
+        with self._lock:
+            if self.connected.is_set():
+                self.client.publish(topic, payload, qos=qos, retain=retain)
+                return
+            if len(self._telemetry) >= self._telemetry_cap:
+                self._telemetry.popleft()
+                self.telemetry_dropped += 1
+            self._telemetry.append((topic, payload, qos, retain))
+
+    def publish_alert(self, device: str, alert: dict[str, Any]) -> int:
+        """Commit to the outbox, then publish; returns how many old alerts the cap pushed out."""
+        message, dropped = self.outbox.add(self.topic(f"{device}/alert"), to_json(alert).encode(), qos=1)
+        if dropped:
+            log.error("alert outbox full (%d): dropped the %d oldest alert(s)", self.outbox.cap, dropped)
+        with self._lock:
+            if self.connected.is_set():
+                self._send_outbox(message)
+        return dropped
+
+    def publish_reading(self, reading: Reading, alert_state: str = "ok", anomaly_score: float | None = None) -> None:
+        payload = {
+            "device": reading.device,
+            "values": reading.values,
+            "rssi": finite_or_none(reading.rssi),
+            "snr": finite_or_none(reading.snr),
+            "fcnt": reading.fcnt,
+            "time": reading.time,
+            "anomaly_score": anomaly_score,
+            "alert_state": alert_state,
+        }
+        self._retain(self.topic(reading.device), to_json(payload))
+
+    def publish_availability(self, device: str, online: bool) -> None:
+        self._retain(self.topic(f"{device}/availability"), "online" if online else "offline")
+
+    def _retain(self, topic: str, payload: str) -> None:
+        self._last_state[topic] = payload
+        self._publish_or_queue(topic, payload, 1, True)
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        self._publish_or_queue(self.topic("bridge/event"), to_json(event), 0, False)
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        """Say offline ourselves (the will only fires on an unclean loss), then disconnect."""
+        if self.connected.is_set():
+            info = self.client.publish(self.topic("bridge/state"), OFFLINE, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -121,9 +121,9 @@ class Rak3172(Dialect):
     def setup(self, cfg: SerialConfig) -> list[SetupStep]:
         return [
             self._ok("AT"),
+            self._ok("AT+NWM=0"),
             # A module left in continuous receive refuses parameter changes: stop it first.
             self._ok("AT+PRECV=0"),
-            self._ok("AT+NWM=0"),
             self._ok(
                 f"AT+P2P={cfg.frequency_hz}:{cfg.spreading_factor}:{cfg.bandwidth_khz}:"
                 f"{cfg.coding_rate - 5}:{cfg.preamble}:14"

@@ -1,0 +1,97 @@
+"""The alert outbox, alone and behind the publisher against a real mosquitto that goes away."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.config import MqttConfig
+from gateway.mqtt_publisher import MqttPublisher
+from gateway.outbox import Outbox
+
+
+def test_outbox_persists_and_keeps_order(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "state.db")
+    ids = [box.add("t", f"{i}".encode())[0].id for i in range(5)]
+    box.remove(ids[1])
+    box.close()
+    reopened = Outbox(tmp_path / "state.db")
+    assert [m.payload for m in reopened.pending()] == [b"0", b"2", b"3", b"4"]
+    assert len(reopened) == 4
+    assert [m.payload for m in reopened.pending(limit=2, after_id=ids[2])] == [b"3", b"4"]
+
+
+def test_outbox_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "state.db", cap=3)
+    drops = [box.add("t", bytes([i]))[1] for i in range(5)]
+    assert drops == [0, 0, 0, 1, 1]
+    assert [m.payload for m in box.pending()] == [b"\x02", b"\x03", b"\x04"]
+    assert (len(box), box.dropped) == (3, 2)
+    with pytest.raises(ValueError):
+        Outbox(tmp_path / "other.db", cap=0)
+
+
+def _alert(i: int) -> dict:
+    return {"id": f"pump-{i}", "device": "pump", "state": "raised", "time": float(i)}
+
+
+def _wait(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_alerts_survive_a_broker_outage_and_a_restart(tmp_path: Path, broker, recorder_factory) -> None:
+    cfg = MqttConfig(port=broker.port)
+    recorder = recorder_factory(broker.port, ["lora-gateway/+/alert"], session="dashboard")
+    publisher = MqttPublisher(cfg, "t", {}, Outbox(tmp_path / "state.db"))
+    publisher.start()
+    assert publisher.connected.wait(10)
+    for i in range(10):
+        publisher.publish_alert("pump", _alert(i))
+    _wait(lambda: len(publisher.outbox) == 0)  # every one acknowledged
+
+    broker.stop()
+    _wait(lambda: not publisher.connected.is_set())
+    for i in range(10, 30):
+        publisher.publish_alert("pump", _alert(i))
+    assert len(publisher.outbox) == 20
+    # The gateway stops (or dies) during the outage; a new process finds the outbox on disk.
+    publisher.stop()
+    publisher.outbox.close()
+
+    broker.start()
+    restarted = MqttPublisher(cfg, "t", {}, Outbox(tmp_path / "state.db"))
+    restarted.start()
+    _wait(lambda: len(restarted.outbox) == 0)
+    recorder.wait_for(lambda m: {json.loads(p)["id"] for _, p, _ in m} >= {f"pump-{i}" for i in range(30)})
+    ids = [json.loads(p)["id"] for _, p, _ in recorder.messages]
+    assert all(retain is False for _, _, retain in recorder.messages)  # alerts are events, never retained
+    assert set(ids) == {f"pump-{i}" for i in range(30)}
+    restarted.stop()
+
+
+def test_telemetry_queue_drops_oldest_while_broker_away(tmp_path: Path, broker, recorder_factory) -> None:
+    from gateway.records import Reading
+
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "t", {}, Outbox(tmp_path / "s.db"), telemetry_queue=5)
+    publisher.start()
+    assert publisher.connected.wait(10)
+    broker.stop()
+    _wait(lambda: not publisher.connected.is_set())
+    for i in range(8):
+        publisher.publish_reading(Reading("pump", {"temperature_1": float(i)}, i, -80.0, 5.0, float(i)))
+    assert publisher.telemetry_dropped == 3
+    broker.start()
+    recorder = recorder_factory(broker.port, ["lora-gateway/#"])
+    recorder.wait_for(lambda m: any(t == "lora-gateway/bridge/event" for t, _, _ in m))
+    (event,) = recorder.payloads("lora-gateway/bridge/event")
+    assert (event["type"], event["count"]) == ("telemetry_dropped", 3)
+    recorder.wait_for(lambda m: {b["fcnt"] for b in recorder.payloads("lora-gateway/pump")} >= {3, 4, 5, 6, 7})
+    # The three oldest went; the newest state is also republished (retained) on reconnect.
+    assert {b["fcnt"] for b in recorder.payloads("lora-gateway/pump")} == {3, 4, 5, 6, 7}
+    publisher.stop()

@@ -1,0 +1,174 @@
+"""Run an installed model bundle with onnxruntime: normalized windows in, anomaly scores out.
+
+Runtime only (numpy + onnxruntime): the Pi never has torch. The normalization defined here
+is the single reference that both training (models/) and the detector follow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+MANIFEST = "manifest.json"
+MODEL_INT8 = "model.onnx"
+MODEL_FP32 = "model.fp32.onnx"
+PARITY_WINDOWS = "parity_windows.npy"
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
+MEAN_AD_TO_SIGMA = 1.2533  # same for the mean absolute deviation (fallback when MAD is 0)
+
+
+class BundleError(Exception):
+    """A model file that is refused: names the file and why."""
+
+    def __init__(self, path: Path | str, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path = Path(path)
+        self.why = why
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How a window is normalized before the model sees it (recorded in every manifest).
+
+    For a window x[t-W+1 .. t] of one channel, take the `history` values just before it,
+    h = x[t-W-history+1 .. t-W] (fewer during warm-up), and compute
+        m = median(h)
+        s = 1.4826 * median(|h - m|), or if that is 0: 1.2533 * mean(|h - m|), floored at
+            min_scale * max(1, |m|) so that a constant history does not divide by zero
+        z = (x - m) / s
+    The history excludes the window so that an anomaly inside the window does not hide
+    itself by moving the statistics. The model clips z to [-clip, clip] itself.
+    """
+
+    history: int = 128
+    clip: float = 8.0
+    min_scale: float = 1e-6
+
+    def stats(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Location and scale of each row of `history` [..., H] (robust: median and MAD)."""
+        h = np.asarray(history, dtype=np.float64)
+        m = np.median(h, axis=-1)
+        dev = np.abs(h - m[..., None])
+        s = MAD_TO_SIGMA * np.median(dev, axis=-1)
+        s = np.where(s > 0, s, MEAN_AD_TO_SIGMA * dev.mean(axis=-1))
+        s = np.maximum(s, self.min_scale * np.maximum(1.0, np.abs(m)))
+        return m, s
+
+    def apply(self, history: np.ndarray, window: np.ndarray) -> np.ndarray:
+        """Normalize `window` [..., W] by the statistics of `history` [..., H]; float32."""
+        m, s = self.stats(history)
+        return ((np.asarray(window, dtype=np.float64) - m[..., None]) / s[..., None]).astype(np.float32)
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "method": "robust_history",
+            **asdict(self),
+            "location": "median(h)",
+            "scale": "1.4826*median(|h-m|); if 0: 1.2533*mean(|h-m|); floor min_scale*max(1,|m|)",
+            "history_excludes_window": True,
+            "clip_applied_by": "model",
+        }
+
+    @classmethod
+    def from_manifest(cls, spec: dict[str, Any]) -> Normalization:
+        if spec.get("method") != "robust_history":
+            raise ValueError(f"unknown normalization method {spec.get('method')!r}")
+        return cls(history=int(spec["history"]), clip=float(spec["clip"]), min_scale=float(spec["min_scale"]))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """Options for a small always-on daemon: few threads, no spinning, sequential graph.
+
+    The CPU arena stays on (the default): turning it off measured neither faster nor smaller
+    at this model size (bench/bench_model.py).
+    """
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = threads
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle worker threads must not burn a Pi core between packets.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+def load_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    """Open an ONNX file; a truncated or corrupt file is a BundleError naming it."""
+    try:
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises several unrelated types for a bad file
+        raise BundleError(
+            path, f"onnxruntime cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    path = Path(bundle_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(path, "manifest missing: not a model bundle") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(path, f"manifest unreadable ({e})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(path, "manifest is not a JSON object")
+    for key, kind in (("name", str), ("version", str), ("window", int), ("files", dict), ("normalization", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise BundleError(path, f"manifest lacks {key!r} (a {kind.__name__})")
+    try:
+        Normalization.from_manifest(manifest["normalization"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(path, f"manifest normalization not understood ({e})") from None
+    return manifest
+
+
+class OnnxScorer:
+    """Scores batches of normalized windows with a bundle's int8 model.onnx."""
+
+    def __init__(self, bundle_dir: Path, *, threads: int = 1, model_file: str = MODEL_INT8) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = read_manifest(self.bundle_dir)
+        self.name: str = str(self.manifest["name"])
+        self.version: str = str(self.manifest["version"])
+        self.window: int = int(self.manifest["window"])
+        self.normalization = Normalization.from_manifest(self.manifest["normalization"])
+        path = self.bundle_dir / model_file
+        expected = self.manifest["files"].get(model_file, {}).get("sha256")
+        if not path.is_file():
+            raise BundleError(path, "model file missing")
+        # The daemon loads what the manifest pins, never a file swapped after install.
+        self.sha256: str = sha256_file(path)
+        if self.sha256 != expected:
+            raise BundleError(path, f"sha256 {self.sha256[:12]}.. does not match the manifest ({str(expected)[:12]}..)")
+        self._session = load_session(path, threads)
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1 or inputs[0].shape[-1] != self.window:
+            raise BundleError(path, f"model takes {[i.shape for i in inputs]}, manifest says window {self.window}")
+        self._input, self._output = inputs[0].name, outputs[0].name
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def score(self, windows: np.ndarray) -> np.ndarray:
+        """Anomaly scores float32 [B] (>= 0, larger = more anomalous) of windows float32 [B, W]."""
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.window or x.shape[0] == 0:
+            raise ValueError(f"expected windows of shape [B>=1, {self.window}], got {list(x.shape)}")
+        return self._session.run([self._output], {self._input: x})[0].reshape(-1)

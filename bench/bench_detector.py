@@ -1,0 +1,102 @@
+"""Detector throughput: model windows/s batched vs one at a time, and `Detector.observe` readings/s.
+
+Run: `nice python -m bench.bench_detector [--bundle DIR] [--seconds 2]`. Ratios are what
+matter (one run, one machine); the model runs on one thread, as in the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gateway.detector import Detector, DetectorSettings
+from gateway.records import Reading
+from gateway.scoring import Normalization, OnnxScorer
+
+
+def _rate(fn, units_per_call: int, seconds: float) -> float:
+    """Calls fn until `seconds` pass (after one warm-up call); units per second."""
+    fn()
+    n = 0
+    t0 = time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        fn()
+        n += 1
+    return n * units_per_call / elapsed
+
+
+class _ZeroScorer:
+    """The detector without a model: what the buffers, normalization and likelihood cost."""
+
+    def __init__(self, window: int, normalization: Normalization) -> None:
+        self.window, self.normalization, self.name, self.version = window, normalization, "zero", "0"
+
+    def score(self, windows: np.ndarray) -> np.ndarray:
+        return np.abs(windows[:, -1]).astype(np.float32)
+
+
+def _readings(devices: int, channels: int, n: int, seed: int = 1) -> list[Reading]:
+    rng = np.random.default_rng(seed)
+    names = ["temperature_1", "humidity_2", "current_3", "pressure_4", "vibration_5"][:channels]
+    out = []
+    for i in range(n):
+        values = {c: float(v) for c, v in zip(names, 20 + rng.normal(0, 1, channels))}
+        out.append(Reading(f"node{i % devices}", values, i, -60.0, 7.5, float(i)))
+    return out
+
+
+def observe_rate(scorer: object, devices: int, channels: int, batch: int, seconds: float) -> float:
+    det = Detector(scorer, DetectorSettings())  # type: ignore[arg-type]
+    stream = _readings(devices, channels, 20_000)
+    # Fill every buffer first: the steady state is what a long-running gateway sees.
+    for i in range(0, 12_000, 100):
+        det.observe(stream[i : i + 100])
+    pos = [12_000]
+
+    def step() -> None:
+        i = pos[0]
+        if i + batch > len(stream):
+            i = 12_000
+        det.observe(stream[i : i + batch])
+        pos[0] = i + batch
+
+    return _rate(step, batch, seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, help="model bundle (default: the packaged default model)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    args = parser.parse_args(argv)
+    from gateway.model_store import packaged_default_bundle
+
+    scorer = OnnxScorer(args.bundle or packaged_default_bundle(), threads=1)
+    W = scorer.window
+    rng = np.random.default_rng(0)
+    print(f"model {scorer.name}@{scorer.version}, window {W}, history {scorer.normalization.history}, 1 thread\n")
+
+    print("scoring (OnnxScorer.score)")
+    print(f"{'batch':>8}{'windows/s':>14}{'vs batch 1':>12}")
+    base = 0.0
+    for b in (1, 8, 32, 128, 512):
+        x = rng.normal(0, 1, (b, W)).astype(np.float32)
+        r = _rate(lambda x=x: scorer.score(x), b, args.seconds)
+        base = base or r
+        print(f"{b:>8}{r:>14,.0f}{r / base:>11.1f}x")
+
+    print("\nDetector.observe (steady state, buffers full)")
+    print(f"{'scorer':>8}{'devices':>9}{'channels':>10}{'batch':>7}{'readings/s':>13}{'values/s':>12}")
+    zero = _ZeroScorer(W, scorer.normalization)
+    for name, sc in (("onnx", scorer), ("none", zero)):
+        for devices, channels, batch in ((1, 1, 1), (100, 1, 1), (100, 3, 1), (100, 3, 32), (1000, 3, 128)):
+            r = observe_rate(sc, devices, channels, batch, args.seconds)
+            print(f"{name:>8}{devices:>9}{channels:>10}{batch:>7}{r:>13,.0f}{r * channels:>12,.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.detector import DetectorSettings
+
 ENV_PREFIX = "LORA_GATEWAY_"
 DEFAULT_BAUD = {"rylr": 115200, "rak3172": 115200, "rn2483": 57600}
 
@@ -83,10 +85,14 @@ class GatewayConfig(_Section):
     gateway_id: str = Field("gateway", pattern=r"^[A-Za-z0-9_-]+$", description="Names this gateway in topics and discovery.")
     devices_file: Path = Field(Path("devices.toml"), description="Device keys (must not be readable by group or others).")
     state_path: Path = Field(Path("state.db"), description="SQLite state database: frame counters, detector state.")
+    model_root: Path | None = Field(
+        None, description="Installed model bundles; default $LORA_GATEWAY_MODELS or /var/lib/lora-gateway/models. "
+        "Without an active bundle the packaged default model runs."
+    )
     serial: SerialConfig = SerialConfig()
     mqtt: MqttConfig = MqttConfig()
     log: LogConfig = LogConfig()
-    detector: dict[str, Any] = Field(default_factory=dict, description="Detector settings (see the detector reference).")
+    detector: DetectorSettings = DetectorSettings()
 
     @model_validator(mode="after")
     def _tls_pair(self) -> GatewayConfig:
@@ -156,6 +162,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Gat
     base = path.parent if path is not None else Path.cwd()
     cfg.devices_file = base / cfg.devices_file
     cfg.state_path = base / cfg.state_path
+    if cfg.model_root is not None:
+        cfg.model_root = base / cfg.model_root
     if not cfg.serial.port.startswith("/"):
         cfg.serial.port = str(base / cfg.serial.port)
     if cfg.mqtt.tls:

@@ -1,4 +1,4 @@
-"""The daemon: wires serial link, pipeline and MQTT publisher together, and nothing else."""
+"""The daemon: wires serial link, pipeline, detector and MQTT publisher together, and nothing else."""
 
 from __future__ import annotations
 
@@ -7,23 +7,29 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 from gateway import __version__
 from gateway.config import GatewayConfig
+from gateway.detector import Detector
 from gateway.devices import load_devices, session_keys
 from gateway.dialects import DIALECTS
 from gateway.lorawan import UplinkDecoder
+from gateway.model_store import active_bundle, default_model_root, packaged_default_bundle
 from gateway.mqtt_publisher import MqttPublisher
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
+from gateway.records import Reading
 from gateway.rejections import RejectionCounter
-from gateway.serial_link import ModuleError, SerialLink, SerialLost
+from gateway.scoring import BundleError, OnnxScorer
 from gateway.sd_notify import Notifier
+from gateway.serial_link import ModuleError, SerialLink, SerialLost
 from gateway.state import StateStore
 
 log = logging.getLogger(__name__)
 
-_IDLE_CHECK_S = 0.5
+_HOUSEKEEPING_S = 0.5
+_STATE_FLUSH_S = 10.0
 _RECONNECT_MAX_S = 30.0
 
 
@@ -31,7 +37,10 @@ class Daemon:
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
         devices = load_devices(cfg.devices_file)
+        self.model_root = cfg.model_root or default_model_root()
+        scorer = self._load_scorer()
         self.store = StateStore(cfg.state_path)
+        self.detector = Detector(scorer, cfg.detector, self.store)
         dialect = DIALECTS[cfg.serial.dialect]()
         self.link = SerialLink(cfg.serial, dialect)
         self.pipeline = Pipeline(
@@ -40,33 +49,45 @@ class Daemon:
             RejectionCounter(cfg.log.rejection_log_interval_s),
         )
         self.notifier = Notifier()
+        self.info: dict[str, Any] = {
+            "version": __version__,
+            "gateway_id": cfg.gateway_id,
+            "dialect": cfg.serial.dialect,
+            "device_count": len(devices),
+            "model": self._model_info(scorer),
+        }
         self.publisher = MqttPublisher(
-            cfg.mqtt,
-            cfg.gateway_id,
-            {
-                "version": __version__,
-                "gateway_id": cfg.gateway_id,
-                "dialect": cfg.serial.dialect,
-                "device_count": len(devices),
-                "model": None,
-            },
-            Outbox(cfg.state_path, cfg.mqtt.outbox_cap),
-            cfg.mqtt.telemetry_queue,
+            cfg.mqtt, cfg.gateway_id, self.info, Outbox(cfg.state_path, cfg.mqtt.outbox_cap), cfg.mqtt.telemetry_queue
         )
         self._seen: set[str] = set()
         self._stop = threading.Event()
+        self._reload = threading.Event()
+
+    def _load_scorer(self) -> OnnxScorer:
+        bundle = active_bundle(self.model_root) or packaged_default_bundle()
+        scorer = OnnxScorer(bundle)
+        log.info("model %s from %s", scorer.label, bundle)
+        return scorer
+
+    @staticmethod
+    def _model_info(scorer: OnnxScorer) -> dict[str, str]:
+        return {"name": scorer.name, "version": scorer.version, "sha256": scorer.sha256}
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         self._stop.set()
+
+    def request_reload(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        self._reload.set()
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT. A module that fails its first set-up is an error (exit 1)."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
         self.link.open()  # ModuleError propagates: wrong port, baud or dialect is for the user to fix
         log.info("%s ready", self.link.describe())
         self.publisher.start()
-        self.notifier.ready(self._status())
+        self.notifier.ready(self._status())  # ready without the broker: alerts wait in the outbox
         try:
             while not self._stop.is_set():
                 try:
@@ -77,9 +98,11 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self.link.close()
+            self.detector.flush()
             self.publisher.stop()
             self.publisher.outbox.close()
             self.store.close()
+            log.info("stopped")
         return 0
 
     def _status(self) -> str:
@@ -87,14 +110,15 @@ class Daemon:
         broker = "connected" if self.publisher.connected.is_set() else "broker away"
         return (
             f"{self.pipeline.frames_accepted} frames, {rejected} rejected, {broker}, "
-            f"outbox {len(self.publisher.outbox)}"
+            f"outbox {len(self.publisher.outbox)}, model {self.detector.model_label}"
         )
 
     def _serve_link(self) -> None:
-        last_idle_check = time.monotonic()
+        last_housekeeping = last_flush = time.monotonic()
         for batch in self.link.lines():
             if self._stop.is_set():
                 return
+            self.publisher.service()
             now = time.time()
             if batch:
                 out = self.pipeline.process(batch, now)
@@ -102,18 +126,53 @@ class Daemon:
                     self.link.write(command)
                 for event in out.events:
                     self.publisher.publish_event(event)
-                for reading in out.readings:
-                    if reading.device not in self._seen:
-                        self._seen.add(reading.device)
-                        self.publisher.publish_availability(reading.device, True)
-                    self.publisher.publish_reading(reading)
-            if time.monotonic() - last_idle_check > _IDLE_CHECK_S:
+                if out.readings:
+                    self._publish(out.readings)
+            mono = time.monotonic()
+            if mono - last_housekeeping > _HOUSEKEEPING_S:
                 # The watchdog ping comes from this loop, so a hung pipeline stops it and systemd restarts us.
-                last_idle_check = time.monotonic()
+                last_housekeeping = mono
                 self.notifier.watchdog()
                 self.notifier.status(self._status())
                 for command in self.link.dialect.on_idle(now):
                     self.link.write(command)
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._reload_model()
+            if mono - last_flush > _STATE_FLUSH_S:
+                last_flush = mono
+                self.detector.flush()
+
+    def _publish(self, readings: list[Reading]) -> None:
+        results = self.detector.observe(readings)
+        transitions = [r.transition for r in results if r.transition is not None]
+        if transitions:
+            # The alert state that produced these alerts is on disk before they are.
+            self.detector.flush()
+        for reading, result in zip(readings, results, strict=True):
+            if reading.device not in self._seen:
+                self._seen.add(reading.device)
+                self.publisher.publish_availability(reading.device, True)
+            self.publisher.publish_reading(reading, result.alert_state, result.score, result.likelihood)
+        for transition in transitions:
+            dropped = self.publisher.publish_alert(transition.device, transition.to_payload())
+            log.warning("alert %s %s committed: %s %s", transition.id, transition.state, transition.device,
+                        transition.channels)
+            if dropped:
+                self._event({"type": "alerts_dropped", "count": dropped, "time": time.time(),
+                             "detail": f"outbox cap {self.publisher.outbox.cap} reached"})
+
+    def _reload_model(self) -> None:
+        """SIGHUP: load the active bundle; a bundle that fails its checks never replaces the running one."""
+        try:
+            scorer = self._load_scorer()
+            self.detector.replace_scorer(scorer)
+        except (BundleError, ValueError) as e:
+            self._event({"type": "model_reload_failed", "detail": str(e), "time": time.time()})
+            return
+        self.info["model"] = self._model_info(scorer)
+        self.publisher.publish_info(self.info)
+        self._event({"type": "model_reloaded", "detail": scorer.label, "time": time.time()})
 
     def _reconnect(self) -> None:
         # Waiting for the port is not a hang: keep the watchdog fed between tries.
@@ -121,6 +180,7 @@ class Daemon:
         delay = 0.5
         while not self._stop.wait(delay):
             self.notifier.watchdog()
+            self.publisher.service()
             try:
                 self.link.open()
             except ModuleError as e:
@@ -131,6 +191,6 @@ class Daemon:
             self._event({"type": "serial_back", "detail": self.link.describe(), "time": time.time()})
             return
 
-    def _event(self, event: dict[str, object]) -> None:
+    def _event(self, event: dict[str, Any]) -> None:
         log.warning("%s: %s", event["type"], event.get("detail", ""))
         self.publisher.publish_event(event)

@@ -37,7 +37,7 @@ class SessionKeys:
 
 class CounterStore(Protocol):
     def frame_counters(self) -> dict[int, int]: ...
-    def set_frame_counter(self, dev_addr: int, fcnt: int) -> None: ...
+    def set_frame_counters(self, counters: dict[int, int]) -> None: ...
 
 
 class _DeviceCrypto:
@@ -106,6 +106,7 @@ class UplinkDecoder:
         self._by_addr = {d.dev_addr: _DeviceCrypto(d) for d in devices}
         self._counters = counters
         self._last = counters.frame_counters()
+        self._unsaved: dict[int, int] = {}
 
     def decode(self, frame: RadioFrame) -> Uplink:
         data = frame.payload
@@ -132,7 +133,7 @@ class UplinkDecoder:
         if fport == 0 and fopts_len:
             raise Rejected("invalid_frame", "FPort 0 with FOpts present")
         self._last[dev_addr] = fcnt
-        self._counters.set_frame_counter(dev_addr, fcnt)
+        self._unsaved[dev_addr] = fcnt
         payload = crypto.crypt(encrypted, fcnt, fport) if fport is not None else b""
         return Uplink(
             device=crypto.keys.name,
@@ -166,6 +167,13 @@ class UplinkDecoder:
         if rolled <= 0xFFFFFFFF and crypto.mic(msg, rolled) == mic:
             return rolled
         raise Rejected("bad_mic", f"DevAddr {crypto.keys.dev_addr:08X}")
+
+    def save_counters(self) -> None:
+        """Persist the counters accepted since the last save; called once per batch of lines, and
+        always before the batch's readings are published, so a published frame is never replayable."""
+        if self._unsaved:
+            self._counters.set_frame_counters(self._unsaved)
+            self._unsaved = {}
 
     def forget_counter(self, dev_addr: int) -> None:
         """After an operator reset: the next frame sets the counter afresh."""

@@ -1,9 +1,12 @@
 """MQTT side of the gateway: bridge state with last will, info, per-device state, events, alerts.
 
-Alerts go through the outbox (committed before publishing, deleted on PUBACK). Telemetry
-waits in a bounded queue while the broker is away, oldest dropped first and counted. On
-every (re)connect the bridge state, info, each device's last state and the waiting
-messages are published again.
+Alerts go through the outbox (committed before publishing, deleted once acknowledged).
+Telemetry waits in a bounded queue while the broker is away, oldest dropped first and
+counted. After every (re)connect the bridge state, info, each device's last state and the
+waiting messages are published again.
+
+Only the daemon's thread publishes (`service()` does the reconnect work): paho calls its
+callbacks with its own locks held, so a callback that waited for ours could deadlock.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from gateway.records import Reading
 
 log = logging.getLogger(__name__)
 
+
 def to_json(payload: Any) -> str:
     return json.dumps(payload, separators=(",", ":"), allow_nan=False)
 
@@ -38,7 +42,7 @@ def finite_or_none(x: float) -> float | None:
 
 
 class MqttPublisher:
-    """Owns the paho client. Publishing is thread-safe; paho's network loop runs in its own thread."""
+    """Owns the paho client; paho's network loop runs in its own thread, publishing in the caller's."""
 
     def __init__(
         self, cfg: MqttConfig, gateway_id: str, info: dict[str, Any], outbox: Outbox, telemetry_queue: int = 10_000
@@ -47,14 +51,14 @@ class MqttPublisher:
         self.base = cfg.base_topic
         self._info = info
         self.outbox = outbox
-        self.connected = threading.Event()
-        # One lock orders "is the broker there?" against queueing, so nothing waits for the next outage.
-        self._lock = threading.Lock()
+        self.connected = threading.Event()  # set once the session is re-established by service()
+        self._session_up = threading.Event()  # set by paho's thread, cleared on disconnect
         self._telemetry: deque[tuple[str, str, int, bool]] = deque()
         self._telemetry_cap = telemetry_queue
         self.telemetry_dropped = 0
+        self._dropped_unreported = 0
         self._last_state: dict[str, str] = {}  # topic -> payload, republished on reconnect
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox id
+        self._inflight: dict[int, mqtt.MQTTMessageInfo] = {}  # outbox id -> paho's handle
         protocol = MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -75,7 +79,6 @@ class MqttPublisher:
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
 
     def topic(self, suffix: str) -> str:
         return f"{self.base}/{suffix}"
@@ -90,62 +93,79 @@ class MqttPublisher:
             log.error("broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason)
             return
         log.info("connected to broker %s:%d", self.cfg.host, self.cfg.port)
-        with self._lock:
-            client.publish(self.topic("bridge/state"), ONLINE, qos=1, retain=True)
-            client.publish(self.topic("bridge/info"), to_json(self._info), qos=1, retain=True)
-            for topic, payload in self._last_state.items():
-                client.publish(topic, payload, qos=1, retain=True)
-            while self._telemetry:
-                client.publish(*self._telemetry.popleft())
-            if self.telemetry_dropped:
-                client.publish(self.topic("bridge/event"), to_json(
-                    {"type": "telemetry_dropped", "count": self.telemetry_dropped,
-                     "detail": f"queue of {self._telemetry_cap} full while the broker was away"}))
-            # Messages paho still holds in flight are resent by paho itself.
-            waiting = set(self._inflight.values())
-            for message in self.outbox.pending(limit=self.outbox.cap):
-                if message.id not in waiting:
-                    self._send_outbox(message)
-            self.connected.set()
+        self._session_up.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        with self._lock:
-            self.connected.clear()
+        self._session_up.clear()
         if reason.is_failure:
             log.warning("lost the broker %s:%d (%s); reconnecting", self.cfg.host, self.cfg.port, reason)
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        with self._lock:
-            message_id = self._inflight.pop(mid, None)
-        if message_id is not None and not reason.is_failure:
-            self.outbox.remove(message_id)
+    def service(self) -> None:
+        """Call often from the publishing thread: catches up after a (re)connect, retires acknowledged alerts."""
+        for message_id, info in list(self._inflight.items()):
+            if info.is_published():
+                del self._inflight[message_id]
+                self.outbox.remove(message_id)
+        if not self._session_up.is_set():
+            self.connected.clear()
+            return
+        if self.connected.is_set():
+            return
+        publish = self.client.publish
+        publish(self.topic("bridge/state"), ONLINE, qos=1, retain=True)
+        publish(self.topic("bridge/info"), to_json(self._info), qos=1, retain=True)
+        for topic, payload in self._last_state.items():
+            publish(topic, payload, qos=1, retain=True)
+        while self._telemetry:
+            publish(*self._telemetry.popleft())
+        if self._dropped_unreported:
+            publish(self.topic("bridge/event"), to_json({
+                "type": "telemetry_dropped", "count": self._dropped_unreported, "total": self.telemetry_dropped,
+                "detail": f"queue of {self._telemetry_cap} full while the broker was away"}))
+            self._dropped_unreported = 0
+        # Alerts paho still holds in flight are resent by paho itself.
+        for message in self.outbox.pending(limit=self.outbox.cap):
+            if message.id not in self._inflight:
+                self._send_outbox(message)
+        self.connected.set()
 
     def _send_outbox(self, message: OutboxMessage) -> None:
-        """Publish with the lock held, so the PUBACK callback finds the mid recorded."""
-        info = self.client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
-        self._inflight[info.mid] = message.id
+        self._inflight[message.id] = self.client.publish(
+            message.topic, message.payload, qos=message.qos, retain=message.retain
+        )
 
     def _publish_or_queue(self, topic: str, payload: str, qos: int, retain: bool) -> None:
-        with self._lock:
-            if self.connected.is_set():
-                self.client.publish(topic, payload, qos=qos, retain=retain)
-                return
-            if len(self._telemetry) >= self._telemetry_cap:
-                self._telemetry.popleft()
-                self.telemetry_dropped += 1
-            self._telemetry.append((topic, payload, qos, retain))
+        if self.connected.is_set():
+            self.client.publish(topic, payload, qos=qos, retain=retain)
+            return
+        if len(self._telemetry) >= self._telemetry_cap:
+            self._telemetry.popleft()
+            self.telemetry_dropped += 1
+            self._dropped_unreported += 1
+        self._telemetry.append((topic, payload, qos, retain))
 
     def publish_alert(self, device: str, alert: dict[str, Any]) -> int:
         """Commit to the outbox, then publish; returns how many old alerts the cap pushed out."""
         message, dropped = self.outbox.add(self.topic(f"{device}/alert"), to_json(alert).encode(), qos=1)
         if dropped:
             log.error("alert outbox full (%d): dropped the %d oldest alert(s)", self.outbox.cap, dropped)
-        with self._lock:
-            if self.connected.is_set():
-                self._send_outbox(message)
+        if self.connected.is_set():
+            self._send_outbox(message)
         return dropped
 
-    def publish_reading(self, reading: Reading, alert_state: str = "ok", anomaly_score: float | None = None) -> None:
+    def publish_info(self, info: dict[str, Any]) -> None:
+        """New info (a reloaded model); a reconnect publishes the latest info anyway."""
+        self._info = info
+        if self.connected.is_set():
+            self.client.publish(self.topic("bridge/info"), to_json(info), qos=1, retain=True)
+
+    def publish_reading(
+        self,
+        reading: Reading,
+        alert_state: str = "ok",
+        anomaly_score: float | None = None,
+        anomaly_channels: dict[str, float] | None = None,
+    ) -> None:
         payload = {
             "device": reading.device,
             "values": reading.values,
@@ -154,6 +174,7 @@ class MqttPublisher:
             "fcnt": reading.fcnt,
             "time": reading.time,
             "anomaly_score": anomaly_score,
+            "anomaly": anomaly_channels or {},
             "alert_state": alert_state,
         }
         self._retain(self.topic(reading.device), to_json(payload))

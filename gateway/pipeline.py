@@ -37,6 +37,7 @@ class Pipeline:
                 reading = self._decode(frame, out)
                 if reading is not None:
                     out.readings.append(reading)
+        self.decoder.save_counters()
         return out
 
     def _reject(self, rejection: Rejected, now: float, stage: str, out: PipelineOutput) -> None:

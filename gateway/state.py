@@ -39,13 +39,20 @@ class StateStore:
             rows = self._db.execute("SELECT dev_addr, fcnt FROM frame_counters").fetchall()
         return {dev_addr: fcnt for dev_addr, fcnt in rows}
 
-    def set_frame_counter(self, dev_addr: int, fcnt: int) -> None:
+    def set_frame_counters(self, counters: dict[int, int]) -> None:
+        """Write many counters in one transaction (one fsync for a whole batch of frames)."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO frame_counters (dev_addr, fcnt) VALUES (?, ?) "
-                "ON CONFLICT(dev_addr) DO UPDATE SET fcnt = excluded.fcnt",
-                (dev_addr, fcnt),
-            )
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO frame_counters (dev_addr, fcnt) VALUES (?, ?) "
+                    "ON CONFLICT(dev_addr) DO UPDATE SET fcnt = excluded.fcnt",
+                    counters.items(),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def reset_frame_counter(self, dev_addr: int) -> bool:
         """Forget a device's counter (operator command after a real device reset)."""

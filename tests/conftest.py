@@ -99,7 +99,7 @@ class Recorder:
             self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
             self._cond.notify_all()
 
-    def wait_for(self, predicate, timeout: float = 20.0) -> list[tuple[str, bytes, bool]]:
+    def wait_for(self, predicate, timeout: float = 30.0) -> list[tuple[str, bytes, bool]]:
         """Block until predicate(messages) holds; fail with what arrived otherwise."""
         deadline = time.monotonic() + timeout
         with self._cond:

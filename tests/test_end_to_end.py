@@ -111,3 +111,16 @@ def test_silent_module_is_a_clear_error(tmp_path: Path, broker, gateways, device
         assert gateway.proc.wait(timeout=20) == 1
     out = gateway.output()
     assert f"rak3172 module on {module.port} at 115200 baud" in out and "no answer to 'AT'" in out
+
+
+def test_running_daemon_never_loads_torch(tmp_path: Path, broker, recorder_factory, gateways, devices_file) -> None:
+    recorder = recorder_factory(broker.port, ["lora-gateway/#"])
+    with Simulation("rylr", devices_file, period_s=0.2, seed=9) as sim:
+        config = write_config(tmp_path / "config.toml", port=sim.port, dialect="rylr", mqtt_port=broker.port,
+                              devices_file=devices_file, state_path=tmp_path / "state.db")
+        gateway = gateways(config).start()
+        recorder.wait_for(lambda m: len(recorder.payloads("lora-gateway/pump-house")) >= 2)
+        maps = Path(f"/proc/{gateway.proc.pid}/maps").read_text()
+        assert "onnxruntime" in maps  # the model is loaded, from onnxruntime alone
+        assert "torch" not in maps
+        assert gateway.stop() == 0

@@ -47,7 +47,7 @@ def test_encoder_reproduces_published_vector_byte_for_byte() -> None:
 @pytest.mark.parametrize("payload", [b"", b"x", bytes(range(16)), bytes(range(40))])
 def test_round_trip(store: StateStore, fcnt: int, payload: bytes) -> None:
     if fcnt:
-        store.set_frame_counter(OTHER.dev_addr, fcnt - 1)
+        store.set_frame_counters({OTHER.dev_addr: fcnt - 1})
     decoder = UplinkDecoder([OTHER], store)
     uplink = decoder.decode(frame(build_uplink(OTHER, fcnt, 2, payload, confirmed=True)))
     assert (uplink.payload, uplink.fcnt, uplink.confirmed) == (payload, fcnt, True)
@@ -107,6 +107,7 @@ def test_replay_rejected_and_counter_persists_across_restart(tmp_path: Path) -> 
     decoder = UplinkDecoder([OTHER], store)
     first = build_uplink(OTHER, 7, 1, b"a")
     decoder.decode(frame(first))
+    decoder.save_counters()
     with pytest.raises(Rejected) as e:
         decoder.decode(frame(first))
     assert e.value.reason == "replay"
@@ -123,11 +124,12 @@ def test_replay_rejected_and_counter_persists_across_restart(tmp_path: Path) -> 
 
 
 def test_sixteen_bit_counter_rollover(store: StateStore) -> None:
-    store.set_frame_counter(OTHER.dev_addr, 0x1FFFE)
+    store.set_frame_counters({OTHER.dev_addr: 0x1FFFE})
     decoder = UplinkDecoder([OTHER], store)
     assert decoder.decode(frame(build_uplink(OTHER, 0x1FFFF, 1, b"a"))).fcnt == 0x1FFFF
     # On air the counter reads 0 again; the 32-bit value is 0x20000.
     assert decoder.decode(frame(build_uplink(OTHER, 0x20000, 1, b"b"))).fcnt == 0x20000
+    decoder.save_counters()
     assert store.frame_counters()[OTHER.dev_addr] == 0x20000
 
 

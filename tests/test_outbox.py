@@ -38,9 +38,13 @@ def _alert(i: int) -> dict:
     return {"id": f"pump-{i}", "device": "pump", "state": "raised", "time": float(i)}
 
 
-def _wait(predicate, timeout: float = 20.0) -> None:
+def _wait(predicate, publisher: MqttPublisher, timeout: float = 20.0) -> None:
+    """Wait as the daemon's loop does: servicing the publisher between checks."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        publisher.service()
+        if predicate():
+            return
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
 
@@ -50,13 +54,13 @@ def test_alerts_survive_a_broker_outage_and_a_restart(tmp_path: Path, broker, re
     recorder = recorder_factory(broker.port, ["lora-gateway/+/alert"], session="dashboard")
     publisher = MqttPublisher(cfg, "t", {}, Outbox(tmp_path / "state.db"))
     publisher.start()
-    assert publisher.connected.wait(10)
+    _wait(publisher.connected.is_set, publisher)
     for i in range(10):
         publisher.publish_alert("pump", _alert(i))
-    _wait(lambda: len(publisher.outbox) == 0)  # every one acknowledged
+    _wait(lambda: len(publisher.outbox) == 0, publisher)  # every one acknowledged
 
     broker.stop()
-    _wait(lambda: not publisher.connected.is_set())
+    _wait(lambda: not publisher.connected.is_set(), publisher)
     for i in range(10, 30):
         publisher.publish_alert("pump", _alert(i))
     assert len(publisher.outbox) == 20
@@ -67,7 +71,7 @@ def test_alerts_survive_a_broker_outage_and_a_restart(tmp_path: Path, broker, re
     broker.start()
     restarted = MqttPublisher(cfg, "t", {}, Outbox(tmp_path / "state.db"))
     restarted.start()
-    _wait(lambda: len(restarted.outbox) == 0)
+    _wait(lambda: len(restarted.outbox) == 0, restarted)
     recorder.wait_for(lambda m: {json.loads(p)["id"] for _, p, _ in m} >= {f"pump-{i}" for i in range(30)})
     ids = [json.loads(p)["id"] for _, p, _ in recorder.messages]
     assert all(retain is False for _, _, retain in recorder.messages)  # alerts are events, never retained
@@ -80,17 +84,18 @@ def test_telemetry_queue_drops_oldest_while_broker_away(tmp_path: Path, broker, 
 
     publisher = MqttPublisher(MqttConfig(port=broker.port), "t", {}, Outbox(tmp_path / "s.db"), telemetry_queue=5)
     publisher.start()
-    assert publisher.connected.wait(10)
+    _wait(publisher.connected.is_set, publisher)
     broker.stop()
-    _wait(lambda: not publisher.connected.is_set())
+    _wait(lambda: not publisher.connected.is_set(), publisher)
     for i in range(8):
         publisher.publish_reading(Reading("pump", {"temperature_1": float(i)}, i, -80.0, 5.0, float(i)))
     assert publisher.telemetry_dropped == 3
     broker.start()
     recorder = recorder_factory(broker.port, ["lora-gateway/#"])
+    _wait(publisher.connected.is_set, publisher)
     recorder.wait_for(lambda m: any(t == "lora-gateway/bridge/event" for t, _, _ in m))
     (event,) = recorder.payloads("lora-gateway/bridge/event")
-    assert (event["type"], event["count"]) == ("telemetry_dropped", 3)
+    assert (event["type"], event["count"], event["total"]) == ("telemetry_dropped", 3, 3)
     recorder.wait_for(lambda m: {b["fcnt"] for b in recorder.payloads("lora-gateway/pump")} >= {3, 4, 5, 6, 7})
     # The three oldest went; the newest state is also republished (retained) on reconnect.
     assert {b["fcnt"] for b in recorder.payloads("lora-gateway/pump")} == {3, 4, 5, 6, 7}

@@ -1,0 +1,64 @@
+"""SIGHUP reloads the active model in a running gateway; a bundle that fails its checks never goes live."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+from firmware_sim.simulation import Simulation
+from gateway.model_store import activate, install_bundle, packaged_default_bundle
+
+from .conftest import write_config
+
+
+def new_version(tmp_path: Path, version: str) -> Path:
+    """The shipped bundle under another version, as a fleet update would deliver it."""
+    src = tmp_path / f"bundle-{version}"
+    shutil.copytree(packaged_default_bundle(), src)
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["version"] = version
+    (src / "manifest.json").write_text(json.dumps(manifest))
+    return src
+
+
+def infos(messages: list) -> list[dict]:
+    return [json.loads(p) for t, p, _ in messages if t == "lora-gateway/bridge/info"]
+
+
+def events(messages: list, kind: str) -> list[dict]:
+    return [e for t, p, _ in messages if t == "lora-gateway/bridge/event" and (e := json.loads(p))["type"] == kind]
+
+
+def test_sighup_switches_to_the_activated_bundle_and_refuses_a_broken_one(
+    tmp_path: Path, broker, recorder_factory, gateways, devices_file
+) -> None:
+    root = tmp_path / "models"
+    recorder = recorder_factory(broker.port, ["lora-gateway/#"])
+    with Simulation("rylr", devices_file, period_s=0.2, seed=8) as sim:
+        config = write_config(tmp_path / "config.toml", port=sim.port, dialect="rylr", mqtt_port=broker.port,
+                              devices_file=devices_file, state_path=tmp_path / "state.db",
+                              extra=f'model_root = "{root}"')
+        gateway = gateways(config).start()
+        recorder.wait_for(lambda m: infos(m) and infos(m)[0]["model"]["version"] == "1.0.0")
+
+        install_bundle(new_version(tmp_path, "1.1.0"), root)
+        activate(root, "default@1.1.0")
+        gateway.proc.send_signal(signal.SIGHUP)
+        recorder.wait_for(lambda m: events(m, "model_reloaded"))
+        recorder.wait_for(lambda m: infos(m)[-1]["model"]["version"] == "1.1.0")
+
+        # A file changed after install: the reload is refused and 1.1.0 keeps running.
+        installed = root / "default" / "1.1.0" / "model.onnx"
+        installed.chmod(0o644)
+        installed.write_bytes(installed.read_bytes()[:-100])
+        gateway.proc.send_signal(signal.SIGHUP)
+        recorder.wait_for(lambda m: events(m, "model_reload_failed"))
+        (failed,) = events(recorder.messages, "model_reload_failed")
+        assert "model.onnx" in failed["detail"] and "sha256" in failed["detail"]
+        # ... and the gateway goes on publishing readings.
+        before = len(recorder.payloads("lora-gateway/pump-house"))
+        recorder.wait_for(lambda m: len(recorder.payloads("lora-gateway/pump-house")) > before + 2)
+        assert infos(recorder.messages)[-1]["model"]["version"] == "1.1.0"
+        assert gateway.stop() == 0, gateway.output()

@@ -84,6 +84,10 @@ class DutyCycle:
         self.limit = limit
         self._free_at: dict[str, float] = {}
 
+    def free_at(self, sub_band: SubBand | None = None) -> float:
+        """When the sub-band (or the one shared band) may next be used; 0 if never used."""
+        return self._free_at.get("" if sub_band is None else sub_band.name, 0.0)
+
     def next_allowed(self, now: float, airtime: float, sub_band: SubBand | None = None) -> float:
         """Book a transmission of `airtime` seconds wanted at `now`; return when it may start.
 

@@ -7,6 +7,7 @@ import os
 import re
 import select
 import threading
+import time
 import tty
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +18,7 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 _MAX_LINE = 1024  # a real module's command buffer is small; drop runaway input rather than grow
 _POLL_MS = 50
 _NO_READER_SLEEP_S = 0.05
+_FINISH_LINE_S = 1.0  # a reader stalled longer than this is gone
 
 
 class PtyModule:
@@ -64,15 +66,32 @@ class PtyModule:
         return not any(event & select.POLLHUP for _, event in poller.poll(0))
 
     def _write_lines(self, lines: list[str]) -> bool:
-        """Write under self._lock. A full buffer (gateway not reading) drops the rest, like a
-        UART without flow control."""
-        data = b"".join(line.encode("ascii") + b"\r\n" for line in lines)
-        try:
-            while data:
-                data = data[os.write(self._master, data) :]
-        except OSError:  # EAGAIN on a full buffer, EIO if the gateway just closed the port
-            return False
+        """Write under self._lock. A full buffer (gateway not reading) drops whole lines, like a
+        module whose UART has no flow control; a line once begun is finished, never cut."""
+        for line in lines:
+            data = line.encode("ascii") + b"\r\n"
+            try:
+                written = os.write(self._master, data)
+            except OSError:  # EAGAIN on a full buffer, EIO if the gateway just closed the port
+                return False
+            if written < len(data) and not self._finish(data[written:]):
+                return False
         return True
+
+    def _finish(self, rest: bytes) -> bool:
+        poller = select.poll()
+        poller.register(self._master, select.POLLOUT)
+        deadline = time.monotonic() + _FINISH_LINE_S
+        while rest and time.monotonic() < deadline:
+            if not poller.poll(_POLL_MS):
+                continue
+            try:
+                rest = rest[os.write(self._master, rest):]
+            except BlockingIOError:
+                continue
+            except OSError:
+                return False
+        return not rest
 
     def send_frame(self, frame: bytes, rssi: int, snr: float) -> bool:
         """The module hears `frame`; True if it emitted an event and someone had the port open."""

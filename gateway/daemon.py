@@ -10,6 +10,7 @@ from types import FrameType
 from typing import Any
 
 from gateway import __version__
+from gateway.availability import AvailabilityTracker
 from gateway.config import GatewayConfig
 from gateway.detector import Detector
 from gateway.devices import load_devices, session_keys
@@ -59,7 +60,7 @@ class Daemon:
         self.publisher = MqttPublisher(
             cfg.mqtt, cfg.gateway_id, self.info, Outbox(cfg.state_path, cfg.mqtt.outbox_cap), cfg.mqtt.telemetry_queue
         )
-        self._seen: set[str] = set()
+        self.availability = AvailabilityTracker({name: entry.period_s for name, entry in devices.items()})
         self._stop = threading.Event()
         self._reload = threading.Event()
 
@@ -136,6 +137,8 @@ class Daemon:
                 self.notifier.status(self._status())
                 for command in self.link.dialect.on_idle(now):
                     self.link.write(command)
+                for device in self.availability.gone_silent(now):
+                    self.publisher.publish_availability(device, False)
                 if self._reload.is_set():
                     self._reload.clear()
                     self._reload_model()
@@ -150,8 +153,7 @@ class Daemon:
             # The alert state that produced these alerts is on disk before they are.
             self.detector.flush()
         for reading, result in zip(readings, results, strict=True):
-            if reading.device not in self._seen:
-                self._seen.add(reading.device)
+            if self.availability.seen(reading.device, reading.time):
                 self.publisher.publish_availability(reading.device, True)
             self.publisher.publish_reading(reading, result.alert_state, result.score, result.likelihood)
         for transition in transitions:

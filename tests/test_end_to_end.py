@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -123,4 +124,29 @@ def test_running_daemon_never_loads_torch(tmp_path: Path, broker, recorder_facto
         maps = Path(f"/proc/{gateway.proc.pid}/maps").read_text()
         assert "onnxruntime" in maps  # the model is loaded, from onnxruntime alone
         assert "torch" not in maps
+        assert gateway.stop() == 0
+
+
+def test_device_goes_offline_after_silence_and_back(tmp_path: Path, broker, recorder_factory, gateways,
+                                                    devices_file) -> None:
+    from firmware_sim.modules import EMULATORS
+    from firmware_sim.pty_link import PtyModule
+
+    pump = {k.name: k for k in session_keys(load_devices(devices_file))}["pump-house"]
+    recorder = recorder_factory(broker.port, ["lora-gateway/pump-house/availability"])
+
+    def states(m: list) -> list[bytes]:
+        return [p for _, p, _ in m]
+
+    with PtyModule(EMULATORS["rylr"]()) as module:
+        config = write_config(tmp_path / "config.toml", port=module.port, dialect="rylr", mqtt_port=broker.port,
+                              devices_file=devices_file, state_path=tmp_path / "state.db")
+        gateway = gateways(config).start()
+        time.sleep(1.5)
+        for fcnt in range(5):  # every 0.2 s: the gateway learns that period
+            module.send_frame(build_uplink(pump, fcnt, 1, bytes.fromhex("0167 0110")), -70, 5)
+            time.sleep(0.2)
+        recorder.wait_for(lambda m: states(m) == [b"online", b"offline"])  # silent for 3 periods
+        module.send_frame(build_uplink(pump, 5, 1, bytes.fromhex("0167 0110")), -70, 5)
+        recorder.wait_for(lambda m: states(m) == [b"online", b"offline", b"online"])
         assert gateway.stop() == 0

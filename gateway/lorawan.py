@@ -49,28 +49,25 @@ class _DeviceCrypto:
         # ECB encryptors are stateless between blocks, so one context serves every frame.
         self._app_ecb = Cipher(algorithms.AES(keys.app_skey), modes.ECB()).encryptor()
         self._nwk_ecb = Cipher(algorithms.AES(keys.nwk_skey), modes.ECB()).encryptor()
+        addr = keys.dev_addr.to_bytes(4, "little")
+        # B0 and A_i differ per frame only in FCnt, length and block index.
+        self._b0_head = bytes([0x49, 0, 0, 0, 0, _UPLINK]) + addr
+        self._ai_head = bytes([0x01, 0, 0, 0, 0, _UPLINK]) + addr
 
     def mic(self, msg: bytes, fcnt: int) -> bytes:
-        b0 = struct.pack("<BIBIIBB", 0x49, 0, _UPLINK, self.keys.dev_addr, fcnt, 0, len(msg))
         cmac = self._cmac.copy()
-        cmac.update(b0 + msg)
+        cmac.update(self._b0_head + fcnt.to_bytes(4, "little") + bytes((0, len(msg))) + msg)
         return cmac.finalize()[:4]
 
     def crypt(self, payload: bytes, fcnt: int, fport: int) -> bytes:
         """Encrypt or decrypt FRMPayload (the same XOR with the A_i keystream)."""
-        if not payload:
+        n = len(payload)
+        if not n:
             return b""
         ecb = self._nwk_ecb if fport == 0 else self._app_ecb
-        n_blocks = (len(payload) + 15) // 16
-        blocks = b"".join(
-            struct.pack("<BIBIIBB", 0x01, 0, _UPLINK, self.keys.dev_addr, fcnt, 0, i)
-            for i in range(1, n_blocks + 1)
-        )
-        stream = ecb.update(blocks)
-        n = len(payload)
-        return (int.from_bytes(payload, "little") ^ int.from_bytes(stream[:n], "little")).to_bytes(
-            n, "little"
-        )
+        head = self._ai_head + fcnt.to_bytes(4, "little") + b"\x00"
+        stream = ecb.update(b"".join(head + bytes((i,)) for i in range(1, (n + 15) // 16 + 1)))
+        return (int.from_bytes(payload, "little") ^ int.from_bytes(stream[:n], "little")).to_bytes(n, "little")
 
 
 def build_uplink(

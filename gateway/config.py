@@ -54,9 +54,9 @@ class MqttConfig(_Section):
     base_topic: str = Field("lora-gateway", min_length=1, description="Prefix of every topic.")
     client_id: str | None = Field(None, description="MQTT client id; default lora-gateway-<gateway_id>.")
     protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
-    username: str | None = None
-    password: str | None = None
-    keepalive_s: int = Field(30, ge=5, le=3600)
+    username: str | None = Field(None, description="Broker user name.")
+    password: str | None = Field(None, description="Broker password (keep the config file private when set).")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive; the will fires after 1.5 times this.")
     tls: TlsConfig | None = Field(None, description="Enable TLS with this table.")
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix.")
     telemetry_queue: int = Field(
@@ -75,7 +75,7 @@ class MqttConfig(_Section):
 
 
 class LogConfig(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level (to stderr/journald).")
     rejection_log_interval_s: float = Field(
         10.0, gt=0, description="Each rejection reason is logged at most once per interval, with a count."
     )

@@ -1,0 +1,417 @@
+"""Pipeline benchmarks: throughput against the naive way, latency through a real pty and broker,
+daemon memory and start-up, and scaling with devices and window length.
+
+    python -m bench.bench_pipeline                 # everything (a few minutes on 2 cores)
+    python -m bench.bench_pipeline --quick         # smaller runs
+    python -m bench.bench_pipeline --json out.json
+
+Each figure comes from this one run on this machine; speeds are also given as ratios against
+the naive baseline measured in the same run. Throughput runs are pinned to one core.
+The naive way needs torch (the [train] extra); a mosquitto binary must be installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gateway import lpp  # noqa: E402
+from gateway.devices import add_device, load_devices, session_keys  # noqa: E402
+from gateway.lorawan import SessionKeys, build_uplink  # noqa: E402
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+# ---------------------------------------------------------------- shared set-up
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                        "max_queued_messages 0\n")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def make_devices(workdir: Path, count: int) -> Path:
+    path = workdir / f"devices-{count}.toml"
+    if not path.exists():
+        for i in range(count):
+            add_device(path, f"dev-{i}")
+    return path
+
+
+def sensor_value(i: int, dev: int, rng: random.Random) -> tuple[float, float]:
+    return 20 + 3 * ((i + dev) % 50) / 50 + rng.gauss(0, 0.2), 50 + rng.gauss(0, 2)
+
+
+def record_lines(devices_file: Path, frames: int, seed: int = 1) -> list[bytes]:
+    """RYLR receive events as the module would print them, round robin over the devices."""
+    keys = session_keys(load_devices(devices_file))
+    rng = random.Random(seed)
+    lines = []
+    for n in range(frames):
+        dev = n % len(keys)
+        i = n // len(keys)
+        t, h = sensor_value(i, dev, rng)
+        payload = lpp.encode([(1, "temperature", round(t, 1)), (2, "relative_humidity", round(h * 2) / 2)])
+        data = build_uplink(keys[dev], i, 1, payload).hex().upper()
+        lines.append(f"+RCV=1,{len(data)},{data},-80,7".encode())
+    return lines
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------- children (one per measurement)
+
+def child_gateway(args: argparse.Namespace) -> dict[str, Any]:
+    """The gateway's own stages, lines pre-recorded: dialect -> LoRaWAN -> LPP -> detector -> MQTT."""
+    from gateway.config import MqttConfig
+    from gateway.detector import Detector, DetectorSettings
+    from gateway.dialects import Rylr
+    from gateway.lorawan import UplinkDecoder
+    from gateway.model_store import packaged_default_bundle
+    from gateway.mqtt_publisher import MqttPublisher
+    from gateway.outbox import Outbox
+    from gateway.pipeline import Pipeline
+    from gateway.rejections import RejectionCounter
+    from gateway.scoring import OnnxScorer
+    from gateway.state import StateStore
+
+    lines = [bytes.fromhex(x) for x in Path(args.lines).read_text().split()]
+    workdir = Path(tempfile.mkdtemp())
+    store = StateStore(workdir / "state.db")
+    devices = session_keys(load_devices(Path(args.devices)))
+    pipeline = Pipeline(Rylr(), UplinkDecoder(devices, store), RejectionCounter())
+    settings = DetectorSettings(window=args.window) if args.window else DetectorSettings()
+    detector = Detector(OnnxScorer(packaged_default_bundle()), settings, store)
+    publisher = MqttPublisher(MqttConfig(port=args.broker), "bench", {}, Outbox(workdir / "state.db"))
+    publisher.start()
+    while not publisher.connected.is_set():
+        publisher.service()
+        time.sleep(0.01)
+    batch = args.batch
+    start = time.perf_counter()
+    for i in range(0, len(lines), batch):
+        publisher.service()
+        out = pipeline.process(lines[i:i + batch], time.time())
+        results = detector.observe(out.readings)
+        for reading, result in zip(out.readings, results, strict=True):
+            publisher.publish_reading(reading, result.alert_state, result.score, result.likelihood)
+    elapsed = time.perf_counter() - start
+    accepted = pipeline.frames_accepted
+    publisher.stop()
+    return {"frames": accepted, "seconds": elapsed, "fps": accepted / elapsed, "rss_mb": peak_rss_mb(),
+            "rejected": sum(pipeline.rejections.counts.values())}
+
+
+def child_naive(args: argparse.Namespace) -> dict[str, Any]:
+    """What most tutorials write: per packet, parse the line, check the MIC and decrypt with cipher
+    objects made for that packet, run the float torch model on the channel's window, publish."""
+    import re
+    import struct
+
+    import numpy as np
+    import paho.mqtt.client as mqtt
+    import torch
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.cmac import CMAC
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gateway.scoring import Normalization
+    from models.weights import load_weights
+
+    torch.set_num_threads(1)
+    lines = [bytes.fromhex(x) for x in Path(args.lines).read_text().split()]
+    model = load_weights(ROOT / "models" / "default" / "weights.safetensors").model
+    model.eval()
+    norm = Normalization()
+    window = 32
+    keys = {k.dev_addr: k for k in session_keys(load_devices(Path(args.devices)))}
+    pattern = re.compile(r"\+RCV=(\d+),(\d+),([0-9A-F]+),(-?\d+),(-?\d+)")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", args.broker)
+    client.loop_start()
+    history: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    frames = 0
+    for raw in lines:
+        m = pattern.fullmatch(raw.decode())
+        data = bytes.fromhex(m.group(3))
+        dev_addr, _, fcnt = struct.unpack_from("<IBH", data, 1)
+        k = keys[dev_addr]
+        msg, mic = data[:-4], data[-4:]
+        cmac = CMAC(algorithms.AES(k.nwk_skey))
+        cmac.update(struct.pack("<BIBIIBB", 0x49, 0, 0, dev_addr, fcnt, 0, len(msg)) + msg)
+        if cmac.finalize()[:4] != mic:
+            continue
+        encrypted = data[9:-4]
+        aes = Cipher(algorithms.AES(k.app_skey), modes.ECB()).encryptor()
+        stream = b"".join(aes.update(struct.pack("<BIBIIBB", 1, 0, 0, dev_addr, fcnt, 0, i + 1))
+                          for i in range((len(encrypted) + 15) // 16))
+        values = lpp.decode(bytes(a ^ b for a, b in zip(encrypted, stream)))
+        scores = {}
+        for name, value in values.items():
+            h = history.setdefault(f"{k.name}/{name}", [])
+            h.append(value)
+            del h[: -(window + norm.history)]
+            if len(h) >= window + 8:
+                x = norm.apply(np.array(h[:-window]), np.array(h[-window:]))
+                with torch.no_grad():
+                    scores[name] = float(model(torch.from_numpy(x[None, :].astype(np.float32)))[0])
+        payload = {"values": values, "rssi": float(m.group(4)), "snr": float(m.group(5)), "scores": scores}
+        client.publish(f"naive/{k.name}", json.dumps(payload), qos=1, retain=True)
+        frames += 1
+    elapsed = time.perf_counter() - start
+    client.loop_stop()
+    return {"frames": frames, "seconds": elapsed, "fps": frames / elapsed, "rss_mb": peak_rss_mb()}
+
+
+def run_child(kind: str, **kw: Any) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.bench_pipeline", "--child", kind]
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
+    # One core: the targets are per core, and taskset keeps paho's thread on it too.
+    cmd = ["taskset", "-c", "0", *cmd] if shutil.which("taskset") else cmd
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- end-to-end through pty and broker
+
+def latency_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """Send frames through an emulated module on a pty at `rate`; time each until a subscriber has it."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from firmware_sim.modules import EMULATORS
+    from firmware_sim.pty_link import PtyModule
+
+    keys = session_keys(load_devices(devices_file))
+    sent: dict[tuple[str, int], float] = {}
+    arrived: dict[tuple[str, int], float] = {}
+    base = f"lat{int(rate)}"
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        now = time.perf_counter()
+        body = json.loads(msg.payload)
+        arrived.setdefault((body["device"], body["fcnt"]), now)
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2)
+    ready = threading.Event()
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{base}/+", qos=0)
+    sub.on_subscribe = lambda *a: ready.set()
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", broker.port)
+    sub.loop_start()
+    ready.wait(10)
+    with PtyModule(EMULATORS["rylr"]()) as module:
+        config = workdir / f"latency-{int(rate)}.toml"
+        config.write_text(
+            f'devices_file = "{devices_file}"\nstate_path = "{workdir}/lat-{int(rate)}.db"\n'
+            f'model_root = "{workdir}/no-models"\n'
+            f'[serial]\nport = "{module.port}"\n[mqtt]\nport = {broker.port}\nbase_topic = "{base}"\n'
+        )
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+                                   cwd=ROOT, stderr=subprocess.DEVNULL)
+        time.sleep(3)
+        rng = random.Random(2)
+        total = int(rate * seconds)
+        start = time.perf_counter()
+        for n in range(total):
+            due = start + n / rate
+            while (delay := due - time.perf_counter()) > 0:
+                time.sleep(delay)
+            dev = n % len(keys)
+            i = n // len(keys)
+            t, h = sensor_value(i, dev, rng)
+            frame = build_uplink(keys[dev], i, 1, lpp.encode([(1, "temperature", t), (2, "relative_humidity", h)]))
+            sent[(keys[dev].name, i)] = time.perf_counter()
+            module.send_frame(frame, -80, 7)
+        time.sleep(2)
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(15)
+    sub.loop_stop()
+    lat = sorted((arrived[k] - sent[k]) * 1000 for k in sent if k in arrived)
+    return {
+        "rate": rate, "sent": len(sent), "arrived": len(lat),
+        "p50_ms": statistics.median(lat), "p99_ms": lat[int(0.99 * (len(lat) - 1))], "max_ms": lat[-1],
+        "achieved_rate": total / (time.perf_counter() - start - 2),
+    }
+
+
+def daemon_memory_and_startup(workdir: Path, broker: Broker, devices_file: Path, frames_per_device: int) -> dict[str, Any]:
+    """Peak RSS of a real daemon that has heard every device, and its time from exec to READY=1."""
+    from firmware_sim.modules import EMULATORS
+    from firmware_sim.pty_link import PtyModule
+
+    keys = session_keys(load_devices(devices_file))
+    notify = workdir / "notify.sock"
+    notify.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    sock.settimeout(60)
+    with PtyModule(EMULATORS["rylr"]()) as module:
+        config = workdir / "memory.toml"
+        config.write_text(
+            f'devices_file = "{devices_file}"\nstate_path = "{workdir}/memory.db"\nmodel_root = "{workdir}/none"\n'
+            f'[serial]\nport = "{module.port}"\n[mqtt]\nport = {broker.port}\nbase_topic = "mem"\n'
+        )
+        start = time.perf_counter()
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+                                   cwd=ROOT, stderr=subprocess.DEVNULL, env={**os.environ, "NOTIFY_SOCKET": str(notify)})
+        while b"READY=1" not in sock.recv(4096):
+            pass
+        ready_s = time.perf_counter() - start
+        rng = random.Random(3)
+        for i in range(frames_per_device):
+            for dev, k in enumerate(keys):
+                t, h = sensor_value(i, dev, rng)
+                while not module.send_frame(build_uplink(k, i, 1, lpp.encode([(1, "temperature", t),
+                                                                               (2, "relative_humidity", h)])), -80, 7):
+                    time.sleep(0.01)
+            time.sleep(0.2)
+        time.sleep(2)
+        status = Path(f"/proc/{gateway.pid}/status").read_text()
+        hwm = next(int(x.split()[1]) / 1024 for x in status.splitlines() if x.startswith("VmHWM:"))
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(15)
+    sock.close()
+    return {"devices": len(keys), "ready_s": ready_s, "peak_rss_mb": hwm}
+
+
+# ---------------------------------------------------------------- report
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print(f"\n{title}\n", flush=True)
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller runs")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--repeats", type=int, default=3, help="throughput runs per variant; the median is reported")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--lines", help=argparse.SUPPRESS)
+    p.add_argument("--devices", help=argparse.SUPPRESS)
+    p.add_argument("--broker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
+    p.add_argument("--window", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        result = {"gateway": child_gateway, "naive": child_naive}[args.child](args)
+        print(json.dumps(result))
+        return 0
+
+    results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, {os.uname().machine}, Python {sys.version.split()[0]}"}
+    workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    broker = Broker(workdir)
+    try:
+        devices_n = 100
+        frames = 12_000 if args.quick else 40_000
+        devices_file = make_devices(workdir, devices_n)
+        lines_file = workdir / "lines.txt"
+        lines_file.write_text("\n".join(x.hex() for x in record_lines(devices_file, frames)))
+        print(f"{results['machine']}; {frames} pre-recorded frames from {devices_n} devices", flush=True)
+
+        def median_of(kind: str, repeats: int, **kw: Any) -> dict[str, Any]:
+            runs = [run_child(kind, lines=lines_file, devices=devices_file, broker=broker.port, **kw)
+                    for _ in range(repeats)]
+            best = sorted(runs, key=lambda r: r["fps"])[len(runs) // 2]
+            best["runs_fps"] = [round(r["fps"]) for r in runs]
+            return best
+
+        naive_m = median_of("naive", args.repeats)
+        ours = median_of("gateway", args.repeats)
+        results["throughput"] = {"gateway": ours, "naive": naive_m}
+        table("Throughput, pre-recorded lines, one core (median of runs)",
+              ["variant", "frames/s", "runs", "peak RSS MB", "vs naive: speed", "vs naive: memory"],
+              [["naive: float torch, one packet at a time", f"{naive_m['fps']:,.0f}",
+                str(naive_m["runs_fps"]), f"{naive_m['rss_mb']:.0f}", "1.0x", "1.00"],
+               ["gateway: batched int8 ONNX", f"{ours['fps']:,.0f}", str(ours["runs_fps"]), f"{ours['rss_mb']:.0f}",
+                f"{ours['fps'] / naive_m['fps']:.1f}x", f"{ours['rss_mb'] / naive_m['rss_mb']:.2f}"]])
+
+        lat = [latency_run(workdir, broker, devices_file, rate, 5 if args.quick else 10) for rate in (100, 1000)]
+        results["latency"] = lat
+        table("Latency, serial line (pty) to a subscriber of a real mosquitto",
+              ["frames/s", "sent", "arrived", "p50 ms", "p99 ms", "max ms"],
+              [[f"{r['rate']:.0f}", str(r["sent"]), str(r["arrived"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                f"{r['max_ms']:.2f}"] for r in lat])
+
+        mem_devices = make_devices(workdir, 1000)
+        mem = daemon_memory_and_startup(workdir, broker, mem_devices, 3 if args.quick else 70)
+        results["daemon"] = mem
+        table("Daemon with 1,000 devices (real process, pty, broker)",
+              ["devices", "start to READY=1 s", "peak RSS MB"],
+              [[str(mem["devices"]), f"{mem['ready_s']:.2f}", f"{mem['peak_rss_mb']:.0f}"]])
+
+        scaling = []
+        for n in (10, 100, 1000) if args.quick else (10, 100, 1000, 10000):
+            dfile = make_devices(workdir, n)
+            lfile = workdir / f"lines-{n}.txt"
+            lfile.write_text("\n".join(x.hex() for x in record_lines(dfile, max(frames, n * 80))))
+            r = run_child("gateway", lines=lfile, devices=dfile, broker=broker.port)
+            scaling.append({"devices": n, **r})
+        for w in (32, 64, 128):
+            r = run_child("gateway", lines=lines_file, devices=devices_file, broker=broker.port, window=w)
+            scaling.append({"window": w, **r})
+        results["scaling"] = scaling
+        table("Scaling (one run each, one core)", ["devices", "window", "frames", "frames/s", "peak RSS MB"],
+              [[str(r.get("devices", devices_n)), str(r.get("window", 32)), str(r["frames"]), f"{r['fps']:,.0f}",
+                f"{r['rss_mb']:.0f}"] for r in scaling])
+    finally:
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

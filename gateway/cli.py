@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--period", type=float, help="expected reporting period in seconds")
         p.set_defaults(func=func)
 
-    for module in ("gateway.model_cli", "gateway.detect_cli", "gateway.demo"):
+    for module in ("gateway.model_cli", "gateway.detect_cli", "gateway.demo", "gateway.health", "gateway.report"):
         try:
             registrar = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -81,6 +81,26 @@ class LogConfig(_Section):
     )
 
 
+class MetricsConfig(_Section):
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus /metrics on this port (9108 is usual); off when unset."
+    )
+    address: str = Field("0.0.0.0", description="Address the metrics endpoint listens on.")
+
+
+class HistoryConfig(_Section):
+    retention_days: float = Field(7.0, gt=0, description="Days of readings kept for `lora-gateway report`.")
+
+
+class ChirpStackConfig(_Section):
+    host: str = Field("127.0.0.1", description="Broker that ChirpStack's MQTT integration publishes to.")
+    port: int = Field(1883, ge=1, le=65535)
+    topic: str = Field("application/+/device/+/event/up", description="Uplink events to subscribe to.")
+    client_id: str = Field("", description="Set it for a persistent session: uplinks wait at the broker meanwhile.")
+    username: str | None = None
+    password: str | None = None
+
+
 class GatewayConfig(_Section):
     gateway_id: str = Field("gateway", pattern=r"^[A-Za-z0-9_-]+$", description="Names this gateway in topics and discovery.")
     devices_file: Path = Field(Path("devices.toml"), description="Device keys (must not be readable by group or others).")
@@ -92,6 +112,12 @@ class GatewayConfig(_Section):
     serial: SerialConfig = SerialConfig()
     mqtt: MqttConfig = MqttConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    history: HistoryConfig = HistoryConfig()
+    input: Literal["serial", "chirpstack"] = Field(
+        "serial", description="Where uplinks come from: a LoRa module on `serial`, or ChirpStack (`chirpstack`)."
+    )
+    chirpstack: ChirpStackConfig = ChirpStackConfig()
     detector: DetectorSettings = DetectorSettings()
 
     @model_validator(mode="after")

@@ -3,31 +3,48 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.availability import AvailabilityTracker
+from gateway.chirpstack_input import ChirpStackInput
 from gateway.config import GatewayConfig
 from gateway.detector import Detector
 from gateway.devices import load_devices, session_keys
 from gateway.dialects import DIALECTS
+from gateway.discovery import Discovery
+from gateway.health import BrokerHealth, DeviceTable, HealthReporter, HealthSnapshot, ModuleHealth, health_path
+from gateway.history import History, HistoryRow
 from gateway.lorawan import UplinkDecoder
 from gateway.model_store import active_bundle, default_model_root, packaged_default_bundle
 from gateway.mqtt_publisher import MqttPublisher
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
-from gateway.records import Reading
+from gateway.records import Reading, Rejected
 from gateway.rejections import RejectionCounter
 from gateway.scoring import BundleError, OnnxScorer
 from gateway.sd_notify import Notifier
 from gateway.serial_link import ModuleError, SerialLink, SerialLost
 from gateway.state import StateStore
 
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Clock:
+    """When an input loop last did its periodic work (monotonic seconds)."""
+
+    last_tick: float = field(default_factory=time.monotonic)
+    last_flush: float = field(default_factory=time.monotonic)
 
 _HOUSEKEEPING_S = 0.5
 _STATE_FLUSH_S = 10.0
@@ -37,7 +54,8 @@ _RECONNECT_MAX_S = 30.0
 class Daemon:
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
-        devices = load_devices(cfg.devices_file)
+        # ChirpStack holds the keys and checks the frames itself: no devices file then.
+        devices = load_devices(cfg.devices_file) if cfg.input == "serial" else {}
         self.model_root = cfg.model_root or default_model_root()
         scorer = self._load_scorer()
         self.store = StateStore(cfg.state_path)
@@ -61,6 +79,22 @@ class Daemon:
             cfg.mqtt, cfg.gateway_id, self.info, Outbox(cfg.state_path, cfg.mqtt.outbox_cap), cfg.mqtt.telemetry_queue
         )
         self.availability = AvailabilityTracker({name: entry.period_s for name, entry in devices.items()})
+        self.discovery = Discovery(cfg.gateway_id, cfg.mqtt.base_topic, cfg.mqtt.discovery_prefix, __version__)
+        self._channels: dict[str, frozenset[str]] = {}  # device -> channels announced to Home Assistant
+        self.devices_seen = DeviceTable()
+        self.history = History(cfg.state_path, cfg.history.retention_days * 86400)
+        self._started_at = time.time()
+        self.health = HealthReporter(health_path(cfg.state_path), self._health_snapshot)
+        self.metrics: Metrics | None = None
+        if cfg.metrics.port is not None:
+            from gateway.metrics import Metrics  # prometheus-client is imported only when metrics are on
+
+            self.metrics = Metrics(self._health_snapshot)
+        self.chirpstack: ChirpStackInput | None = None
+        if cfg.input == "chirpstack":
+            c = cfg.chirpstack
+            self.chirpstack = ChirpStackInput(c.host, c.port, topic=c.topic, client_id=c.client_id,
+                                              username=c.username, password=c.password)
         self._stop = threading.Event()
         self._reload = threading.Event()
 
@@ -85,12 +119,21 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
-        self.link.open()  # ModuleError propagates: wrong port, baud or dialect is for the user to fix
-        log.info("%s ready", self.link.describe())
+        if self.chirpstack is None:
+            self.link.open()  # ModuleError propagates: wrong port, baud or dialect is for the user to fix
+            log.info("%s ready", self.link.describe())
+        else:
+            self.chirpstack.start()
         self.publisher.start()
+        self.publisher.publish_discovery(self.discovery.bridge())
+        self.health.start()
+        if self.metrics is not None:
+            self.metrics.serve(self.cfg.metrics.port or 0, self.cfg.metrics.address)
         self.notifier.ready(self._status())  # ready without the broker: alerts wait in the outbox
         try:
-            while not self._stop.is_set():
+            if self.chirpstack is not None:
+                self._serve_chirpstack(self.chirpstack)
+            while self.chirpstack is None and not self._stop.is_set():
                 try:
                     self._serve_link()
                 except SerialLost as e:
@@ -99,9 +142,15 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self.link.close()
+            if self.chirpstack is not None:
+                self.chirpstack.stop()
             self.detector.flush()
             self.publisher.stop()
+            self.health.stop()
+            if self.metrics is not None:
+                self.metrics.stop()
             self.publisher.outbox.close()
+            self.history.close()
             self.store.close()
             log.info("stopped")
         return 0
@@ -114,13 +163,56 @@ class Daemon:
             f"outbox {len(self.publisher.outbox)}, model {self.detector.model_label}"
         )
 
+    def _health_snapshot(self) -> HealthSnapshot:
+        """Called from the health and metrics threads: reads counters, changes nothing."""
+        return HealthSnapshot(
+            pid=os.getpid(),
+            started_at=self._started_at,
+            written_at=time.time(),
+            module=self._module_health(),
+            broker=BrokerHealth(self.cfg.mqtt.host, self.cfg.mqtt.port, self.publisher.connected.is_set()),
+            model=self.detector.model_label,
+            devices=self.devices_seen.rows(),
+            rejected=dict(self.pipeline.rejections.counts),
+            frames_accepted=self.pipeline.frames_accepted,
+            outbox_depth=len(self.publisher.outbox),
+            telemetry_dropped=self.publisher.telemetry_dropped,
+        )
+
+    def _module_health(self) -> ModuleHealth:
+        if self.chirpstack is None:
+            return ModuleHealth(self.cfg.serial.port, self.cfg.serial.dialect, self.link.is_open)
+        c = self.cfg.chirpstack
+        return ModuleHealth(f"mqtt://{c.host}:{c.port}/{c.topic}", "chirpstack", self.chirpstack.subscribed.is_set())
+
+    def _serve_chirpstack(self, source: ChirpStackInput) -> None:
+        """The serial loop's twin for ChirpStack uplinks: they arrive authenticated and decoded."""
+        clock = _Clock()
+        for batch in source.batches():
+            if self._stop.is_set():
+                return
+            self.publisher.service()
+            now = time.time()
+            read_at = time.perf_counter()
+            readings = [r for r in batch if isinstance(r, Reading)]
+            for rejection in batch:
+                if isinstance(rejection, Rejected):
+                    event = self.pipeline.rejections.record(rejection, now, "chirpstack")
+                    if event is not None:
+                        self.publisher.publish_event(event)
+            if readings:
+                self.pipeline.frames_accepted += len(readings)
+                self._publish(readings, read_at)
+            self._housekeeping(clock, now)
+
     def _serve_link(self) -> None:
-        last_housekeeping = last_flush = time.monotonic()
+        clock = _Clock()
         for batch in self.link.lines():
             if self._stop.is_set():
                 return
             self.publisher.service()
             now = time.time()
+            read_at = time.perf_counter()
             if batch:
                 out = self.pipeline.process(batch, now)
                 for command in out.commands:
@@ -128,36 +220,57 @@ class Daemon:
                 for event in out.events:
                     self.publisher.publish_event(event)
                 if out.readings:
-                    self._publish(out.readings)
-            mono = time.monotonic()
-            if mono - last_housekeeping > _HOUSEKEEPING_S:
-                # The watchdog ping comes from this loop, so a hung pipeline stops it and systemd restarts us.
-                last_housekeeping = mono
-                self.notifier.watchdog()
-                self.notifier.status(self._status())
+                    self._publish(out.readings, read_at)
+            if self._housekeeping(clock, now):
                 for command in self.link.dialect.on_idle(now):
                     self.link.write(command)
-                for device in self.availability.gone_silent(now):
-                    self.publisher.publish_availability(device, False)
-                if self._reload.is_set():
-                    self._reload.clear()
-                    self._reload_model()
-            if mono - last_flush > _STATE_FLUSH_S:
-                last_flush = mono
-                self.detector.flush()
 
-    def _publish(self, readings: list[Reading]) -> None:
+    def _housekeeping(self, clock: _Clock, now: float) -> bool:
+        """Periodic work of either input loop; True when the half-second tick ran."""
+        mono = time.monotonic()
+        if mono - clock.last_flush > _STATE_FLUSH_S:
+            clock.last_flush = mono
+            self.detector.flush()
+        if mono - clock.last_tick <= _HOUSEKEEPING_S:
+            return False
+        # The watchdog ping comes from the processing loop, so a hung pipeline stops it and systemd restarts us.
+        clock.last_tick = mono
+        self.notifier.watchdog()
+        self.notifier.status(self._status())
+        for device in self.availability.gone_silent(now):
+            self.publisher.publish_availability(device, False)
+        if self._reload.is_set():
+            self._reload.clear()
+            self._reload_model()
+        return True
+
+    def _publish(self, readings: list[Reading], read_at: float) -> None:
         results = self.detector.observe(readings)
         transitions = [r.transition for r in results if r.transition is not None]
         if transitions:
             # The alert state that produced these alerts is on disk before they are.
             self.detector.flush()
         for reading, result in zip(readings, results, strict=True):
+            known = self._channels.get(reading.device)
+            if known is None or not known.issuperset(reading.values):
+                # First sight, or a channel Home Assistant has not been told about yet.
+                self._channels[reading.device] = channels = (known or frozenset()) | frozenset(reading.values)
+                self.publisher.publish_discovery(self.discovery.device(reading.device, channels))
             if self.availability.seen(reading.device, reading.time):
                 self.publisher.publish_availability(reading.device, True)
             self.publisher.publish_reading(reading, result.alert_state, result.score, result.likelihood)
+            self.devices_seen.saw(reading, result.alert_state, result.score)
+            if self.metrics is not None:
+                self.metrics.latency.observe(time.perf_counter() - read_at)
+                self.metrics.scores.observe(result.score)
+        self.history.append([
+            HistoryRow.of(reading, result.alert_state, result.score, result.likelihood)
+            for reading, result in zip(readings, results, strict=True)
+        ])
         for transition in transitions:
             dropped = self.publisher.publish_alert(transition.device, transition.to_payload())
+            if self.metrics is not None:
+                self.metrics.alert(transition.state)
             log.warning("alert %s %s committed: %s %s", transition.id, transition.state, transition.device,
                         transition.channels)
             if dropped:

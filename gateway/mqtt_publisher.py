@@ -186,6 +186,11 @@ class MqttPublisher:
         self._last_state[topic] = payload
         self._publish_or_queue(topic, payload, 1, True)
 
+    def publish_discovery(self, configs: list[tuple[str, dict[str, Any]]]) -> None:
+        """Home Assistant discovery configs: retained, and published again after every reconnect."""
+        for topic, payload in configs:
+            self._retain(topic, to_json(payload))
+
     def publish_event(self, event: dict[str, Any]) -> None:
         self._publish_or_queue(self.topic("bridge/event"), to_json(event), 0, False)
 

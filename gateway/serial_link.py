@@ -32,6 +32,10 @@ class SerialLink:
         self._buffer = bytearray()
         self._discarding = False  # inside an overlong line, until its end
 
+    @property
+    def is_open(self) -> bool:
+        return self._port is not None
+
     def describe(self) -> str:
         return f"{self.cfg.dialect} module on {self.cfg.port} at {self.cfg.effective_baud} baud"
 

@@ -1,0 +1,137 @@
+"""A bounded history of readings in the state database, for `lora-gateway report`.
+
+One row per reading (values as JSON), written in one transaction per batch. Rows older
+than the retention are deleted a bounded batch at a time, so pruning a long backlog never
+stalls the loop that appends.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.records import Reading
+
+DEFAULT_RETENTION_S = 7 * 86400
+PRUNE_BATCH = 5000
+PRUNE_EVERY_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    device      TEXT NOT NULL,
+    time        REAL NOT NULL,
+    values_json TEXT NOT NULL,
+    score       REAL,
+    alert_state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_device_time ON history (device, time);
+CREATE INDEX IF NOT EXISTS history_time ON history (time);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    device: str
+    time: float
+    values: dict[str, float]
+    score: float | None = None
+    alert_state: str = "ok"
+    channel_scores: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, reading: Reading, alert_state: str = "ok", score: float | None = None,
+           channel_scores: dict[str, float] | None = None) -> HistoryRow:
+        return cls(reading.device, reading.time, reading.values, score, alert_state, dict(channel_scores or {}))
+
+
+class History:
+    def __init__(self, path: Path | str, retention_s: float = DEFAULT_RETENTION_S) -> None:
+        self.retention_s = retention_s
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # History is not the alert path: after a power cut losing the last seconds is fine, an fsync per batch is not.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._next_prune = 0.0
+
+    def append(self, rows: Iterable[HistoryRow], now: float | None = None) -> None:
+        """Insert a batch in one transaction; prune one bounded batch of expired rows when due."""
+        now = time.time() if now is None else now
+        data = [
+            (r.device, r.time, json.dumps({"v": r.values, "s": r.channel_scores}, separators=(",", ":")),
+             r.score, r.alert_state)
+            for r in rows
+        ]
+        with self._lock:
+            if data:
+                self._db.execute("BEGIN")
+                try:
+                    self._db.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", data)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            if now >= self._next_prune:
+                deleted = self._prune_batch(now)
+                # A full batch means more is waiting: prune again on the next append.
+                self._next_prune = now if deleted == PRUNE_BATCH else now + PRUNE_EVERY_S
+
+    def _prune_batch(self, now: float) -> int:
+        cur = self._db.execute(
+            "DELETE FROM history WHERE rowid IN (SELECT rowid FROM history WHERE time < ? LIMIT ?)",
+            (now - self.retention_s, PRUNE_BATCH),
+        )
+        return cur.rowcount
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete every expired row (in batches); returns how many."""
+        now = time.time() if now is None else now
+        total = 0
+        with self._lock:
+            while (n := self._prune_batch(now)) > 0:
+                total += n
+        return total
+
+    def query(self, device: str, since: float) -> list[HistoryRow]:
+        """The device's rows from `since` (unix time) on, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT device, time, values_json, score, alert_state FROM history "
+                "WHERE device = ? AND time >= ? ORDER BY time",
+                (device, since),
+            ).fetchall()
+        out = []
+        for dev, t, values_json, score, alert_state in rows:
+            body = json.loads(values_json)
+            out.append(HistoryRow(dev, t, body["v"], score, alert_state, body["s"]))
+        return out
+
+    def devices(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT DISTINCT device FROM history ORDER BY device")]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def alert_spans(rows: list[HistoryRow]) -> list[tuple[float, float | None]]:
+    """(raised_at, cleared_at) from the rows' alert states; cleared_at None while still raised."""
+    spans: list[tuple[float, float | None]] = []
+    start: float | None = None
+    for r in rows:
+        raised = r.alert_state == "raised"
+        if raised and start is None:
+            start = r.time
+        elif not raised and start is not None:
+            spans.append((start, r.time))
+            start = None
+    if start is not None:
+        spans.append((start, None))
+    return spans

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from gateway import __version__
+from gateway import __version__, demo, detect_cli, health, model_cli, report
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.devices import add_device, firmware_snippet, load_devices
 
@@ -138,13 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--period", type=float, help="expected reporting period in seconds")
         p.set_defaults(func=func)
 
-    for module in ("gateway.model_cli", "gateway.detect_cli", "gateway.demo", "gateway.health", "gateway.report"):
-        try:
-            registrar = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
+    for registrar in (model_cli, detect_cli, demo, health, report):
         registrar.register(sub)
     return parser
 

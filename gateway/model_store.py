@@ -249,10 +249,8 @@ def active_bundle(root: Path) -> Path | None:
     return path if (path / MANIFEST).is_file() else None
 
 
-def activate(root: Path, ref: str) -> InstalledBundle:
-    """Point root/active at an installed, verified bundle; an atomic rename, so a reader sees
-    the old or the new model, never neither. A bundle that fails verification stays inactive."""
-    root = Path(root)
+def _installed(root: Path, ref: str) -> tuple[str, str, Path]:
+    """Name, version and directory of an installed bundle, or a BundleError saying why not."""
     try:
         name, version = parse_ref(ref)
     except ValueError as e:
@@ -260,6 +258,14 @@ def activate(root: Path, ref: str) -> InstalledBundle:
     path = root / name / version
     if not (path / MANIFEST).is_file():
         raise BundleError(path, f"{ref} is not installed")
+    return name, version, path
+
+
+def activate(root: Path, ref: str) -> InstalledBundle:
+    """Point root/active at an installed, verified bundle; an atomic rename, so a reader sees
+    the old or the new model, never neither. A bundle that fails verification stays inactive."""
+    root = Path(root)
+    name, version, path = _installed(root, ref)
     verify_bundle(path)
     tmp = root / f".active.{os.getpid()}"
     tmp.unlink(missing_ok=True)
@@ -284,13 +290,7 @@ def list_bundles(root: Path) -> list[InstalledBundle]:
 def remove(root: Path, ref: str) -> None:
     """Delete an installed bundle; the active one is refused."""
     root = Path(root)
-    try:
-        name, version = parse_ref(ref)
-    except ValueError as e:
-        raise BundleError(root, str(e)) from None
-    path = root / name / version
-    if not path.is_dir():
-        raise BundleError(path, f"{ref} is not installed")
+    _, _, path = _installed(root, ref)
     if _active_ref(root) == ref:
         raise BundleError(path, f"{ref} is the active model; activate another first")
     path.chmod(stat.S_IRWXU)

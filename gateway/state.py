@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 _SCHEMA = """
@@ -42,19 +43,12 @@ class StateStore:
         return {dev_addr: fcnt for dev_addr, fcnt in rows}
 
     def set_frame_counters(self, counters: dict[int, int]) -> None:
-        """Write many counters in one transaction (one fsync for a whole batch of frames)."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT INTO frame_counters (dev_addr, fcnt) VALUES (?, ?) "
-                    "ON CONFLICT(dev_addr) DO UPDATE SET fcnt = excluded.fcnt",
-                    counters.items(),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        """Write many counters in one transaction (one commit for a whole batch of frames)."""
+        self._write_many(
+            "INSERT INTO frame_counters (dev_addr, fcnt) VALUES (?, ?) "
+            "ON CONFLICT(dev_addr) DO UPDATE SET fcnt = excluded.fcnt",
+            counters.items(),
+        )
 
     def reset_frame_counter(self, dev_addr: int) -> bool:
         """Forget a device's counter (operator command after a real device reset)."""
@@ -62,23 +56,19 @@ class StateStore:
             cur = self._db.execute("DELETE FROM frame_counters WHERE dev_addr = ?", (dev_addr,))
         return cur.rowcount > 0
 
-    def get_blob(self, namespace: str, key: str) -> bytes | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT value FROM blobs WHERE namespace = ? AND key = ?", (namespace, key)
-            ).fetchone()
-        return None if row is None else bytes(row[0])
-
     def put_blobs(self, namespace: str, items: dict[str, bytes]) -> None:
         """Write many values in one transaction."""
+        self._write_many(
+            "INSERT INTO blobs (namespace, key, value) VALUES (?, ?, ?) "
+            "ON CONFLICT(namespace, key) DO UPDATE SET value = excluded.value",
+            [(namespace, k, v) for k, v in items.items()],
+        )
+
+    def _write_many(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(
-                    "INSERT INTO blobs (namespace, key, value) VALUES (?, ?, ?) "
-                    "ON CONFLICT(namespace, key) DO UPDATE SET value = excluded.value",
-                    [(namespace, k, v) for k, v in items.items()],
-                )
+                self._db.executemany(sql, rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -53,10 +53,10 @@ class Normalization:
     def stats(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Location and scale of each row of `history` [..., H] (robust: median and MAD)."""
         h = np.asarray(history, dtype=np.float64)
-        m = np.median(h, axis=-1)
+        m = _median(h)
         dev = np.abs(h - m[..., None])
-        s = MAD_TO_SIGMA * np.median(dev, axis=-1)
-        s = np.where(s > 0, s, MEAN_AD_TO_SIGMA * dev.mean(axis=-1))
+        s = MAD_TO_SIGMA * _median(dev)
+        s = np.where(s > 0, s, MEAN_AD_TO_SIGMA * _mean(dev))
         s = np.maximum(s, self.min_scale * np.maximum(1.0, np.abs(m)))
         return m, s
 
@@ -80,6 +80,25 @@ class Normalization:
         if spec.get("method") != "robust_history":
             raise ValueError(f"unknown normalization method {spec.get('method')!r}")
         return cls(history=int(spec["history"]), clip=float(spec["clip"]), min_scale=float(spec["min_scale"]))
+
+
+def _median(a: np.ndarray) -> np.ndarray:
+    """`np.median(a, axis=-1)`, the same values, from a full sort: numpy's SIMD sort of rows this
+    short is several times faster than the partition np.median uses (the detector's hot spot)."""
+    n = a.shape[-1]
+    if n == 0:
+        return np.median(a, axis=-1)  # NaN and its warning, as before
+    s = np.sort(a, axis=-1)
+    # The middle one (odd n) or the mean of the middle two, as np.median takes them.
+    m = _mean(s[..., (n - 1) // 2 : n // 2 + 1])
+    nan = np.isnan(s[..., -1])  # NaN sorts last; np.median gives NaN for a row holding one
+    return np.where(nan, np.nan, m)[()] if nan.any() else m  # [()]: a scalar for one row, as np.median
+
+
+def _mean(a: np.ndarray) -> np.ndarray:
+    """`a.mean(axis=-1)`, the same sum and division without the Python wrapper around them
+    (several microseconds a call, which the daemon pays per batch, often of one reading)."""
+    return np.add.reduce(a, axis=-1) / a.shape[-1]
 
 
 def sha256_file(path: Path) -> str:

@@ -33,15 +33,17 @@ def free_port() -> int:
 class Broker:
     """A mosquitto process the test owns, so it can stop and restart it."""
 
-    def __init__(self, workdir: Path, extra_config: str = "") -> None:
+    def __init__(self, workdir: Path, extra_listeners: str = "") -> None:
+        """A plain anonymous listener on `port`, and any `extra_listeners` (mosquitto.conf lines)."""
         self.port = free_port()
         self.workdir = workdir
         self.config = workdir / "mosquitto.conf"
         # Persistence keeps subscribers' sessions (and their queued QoS 1 messages) across a restart.
-        # `user`: started as root, mosquitto would otherwise drop to a user who cannot write here.
+        # `user`: started as root, mosquitto would otherwise drop to a user who cannot read or write here.
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
-            f"persistence true\npersistence_location {workdir}/\n{extra_config}"
+            f"per_listener_settings true\nuser {getpass.getuser()}\n"
+            f"persistence true\npersistence_location {workdir}/\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{extra_listeners}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -13,6 +13,7 @@ The naive way needs torch (the [train] extra); a mosquitto binary must be instal
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import random
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gateway import lpp  # noqa: E402
-from gateway.devices import add_device, load_devices, session_keys  # noqa: E402
+from gateway.devices import add_devices, load_devices, session_keys  # noqa: E402
 from gateway.lorawan import SessionKeys, build_uplink  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -47,12 +48,17 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
+        """`persistent`: subscribers' sessions and their waiting messages survive a restart."""
         self.port = free_port()
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "max_queued_messages 0\n")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+        self.conf = workdir / "mosquitto.conf"
+        store = f"persistence true\npersistence_location {workdir}/\nuser {getpass.getuser()}\n" if persistent else (
+            "persistence false\n")
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{store}max_queued_messages 0\n")
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         for _ in range(200):
             try:
@@ -70,8 +76,7 @@ class Broker:
 def make_devices(workdir: Path, count: int) -> Path:
     path = workdir / f"devices-{count}.toml"
     if not path.exists():
-        for i in range(count):
-            add_device(path, f"dev-{i}")
+        add_devices(path, [f"dev-{i}" for i in range(count)])
     return path
 
 

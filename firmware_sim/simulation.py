@@ -25,7 +25,7 @@ from firmware_sim.nodes import SensorNode
 from firmware_sim.pty_link import PtyModule
 from firmware_sim.radio import Delivery, RadioConfig
 from firmware_sim.scenario import Label, Scenario, build_nodes, origin_of
-from gateway.devices import add_device, load_devices, session_keys
+from gateway.devices import add_devices, load_devices, session_keys
 
 _HOLD_RETRY_S = 0.02
 _BITS_PER_BYTE = 10  # 8N1 framing
@@ -169,9 +169,12 @@ class Simulation:
         """The scenario's fleet (padded or cut to `count`); nodes missing from the devices file are added."""
         specs = scenario.fleet(count)
         known = set(load_devices(devices_file)) if devices_file.exists() else set()
+        missing: dict[float, list[str]] = {}
         for spec in specs:
             if spec.name not in known:
-                add_device(devices_file, spec.name, period_s=spec.period_s)
+                missing.setdefault(spec.period_s, []).append(spec.name)
+        for period_s, names in missing.items():
+            add_devices(devices_file, names, period_s=period_s)
         keys = {k.name: k for k in session_keys(load_devices(devices_file))}
         rng = random.Random(scenario.simulation.seed if seed is None else seed)
         origin = origin_of(scenario, time.time())

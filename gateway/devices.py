@@ -104,31 +104,39 @@ def _toml_entry(name: str, e: DeviceEntry) -> str:
 
 def add_device(path: Path, name: str, period_s: float | None = None) -> DeviceEntry:
     """Append a device with fresh random keys; the file is created 0600 if missing."""
-    if not _NAME.match(name):
-        raise ConfigError(f"device name {name!r}: use 1-64 letters, digits, '-' and '_'")
+    return add_devices(path, [name], period_s)[name]
+
+
+def add_devices(path: Path, names: list[str], period_s: float | None = None) -> dict[str, DeviceEntry]:
+    """Append devices with fresh random keys in one write (the file is read once, not per device)."""
     devices = load_devices(path) if path.exists() else {}
-    if name in devices:
-        raise ConfigError(f"{path}: device {name!r} already exists")
     used = {e.dev_addr for e in devices.values()}
-    while True:
-        # NwkID 0x13 prefix (7 bits) is one the LoRa Alliance keeps for experimental/private networks.
-        dev_addr = f"{(0x13 << 25) | secrets.randbits(25):08X}"
-        if dev_addr not in used:
-            break
-    entry = DeviceEntry(
-        dev_addr=dev_addr,
-        nwk_skey=secrets.token_hex(16).upper(),
-        app_skey=secrets.token_hex(16).upper(),
-        period_s=period_s,
-    )
-    text = _toml_entry(name, entry)
+    added: dict[str, DeviceEntry] = {}
+    for name in names:
+        if not _NAME.match(name):
+            raise ConfigError(f"device name {name!r}: use 1-64 letters, digits, '-' and '_'")
+        if name in devices or name in added:
+            raise ConfigError(f"{path}: device {name!r} already exists")
+        while True:
+            # NwkID 0x13 prefix (7 bits) is one the LoRa Alliance keeps for experimental/private networks.
+            dev_addr = f"{(0x13 << 25) | secrets.randbits(25):08X}"
+            if dev_addr not in used:
+                used.add(dev_addr)
+                break
+        added[name] = DeviceEntry(
+            dev_addr=dev_addr,
+            nwk_skey=secrets.token_hex(16).upper(),
+            app_skey=secrets.token_hex(16).upper(),
+            period_s=period_s,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
-        if f.tell() > 0:
-            f.write("\n")
-        f.write(text)
-    return entry
+        for name, entry in added.items():
+            if f.tell() > 0:
+                f.write("\n")
+            f.write(_toml_entry(name, entry))
+    return added
 
 
 def firmware_snippet(name: str, e: DeviceEntry) -> str:

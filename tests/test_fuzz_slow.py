@@ -61,9 +61,10 @@ def test_mutated_frames_are_never_accepted(flips: list[tuple[int, int]], cut: in
     frame = bytearray(FRAME)
     for pos, xor in flips:
         frame[pos % len(frame)] ^= xor
-    p = pipeline("rak3172")
-    out = p.process([f"+EVT:RXP2P:-80:7:{bytes(frame[:cut]).hex()}".encode()], 0.0)
-    assert out.readings == []  # a changed or cut frame never passes the MIC
+    mutated = bytes(frame[:cut])
+    out = pipeline("rak3172").process([f"+EVT:RXP2P:-80:7:{mutated.hex()}".encode()], 0.0)
+    if mutated != FRAME:  # flips can cancel out
+        assert out.readings == []  # a changed or cut frame never passes the MIC
     assert {e["reason"] for e in out.events} <= DOCUMENTED
 
 

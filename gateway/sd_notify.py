@@ -16,7 +16,8 @@ class Notifier:
         self._address = "\0" + address[1:] if address.startswith("@") else address
         self._sock: socket.socket | None = None
         if self._address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a reader that stops reading (a full queue) must never stall the daemon.
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         watchdog_for_us = usec.isdigit() and (not pid or pid == str(os.getpid()))
@@ -33,7 +34,7 @@ class Notifier:
         try:
             self._sock.sendto("\n".join(fields).encode(), self._address)
         except OSError:
-            pass  # systemd gone or socket full: the daemon's work matters more than the report
+            pass  # systemd gone or its queue full: the daemon's work matters more than the report
 
     def ready(self, status: str) -> None:
         self.notify("READY=1", f"STATUS={status}")

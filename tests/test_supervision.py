@@ -73,3 +73,18 @@ def test_notify_socket_path(tmp_path: Path, broker, gateways, devices_file) -> N
         assert "READY=1" in sock.recv(4096).decode().splitlines()
         assert gateway.stop() == 0
     sock.close()
+
+
+def test_a_notify_socket_nobody_reads_never_stalls_the_daemon(tmp_path: Path, broker, recorder_factory, gateways,
+                                                                devices_file) -> None:
+    path = tmp_path / "notify.sock"
+    sock = _notify_socket(str(path))  # bound, never read after READY: its queue fills up
+    recorder = recorder_factory(broker.port, ["lora-gateway/#"])
+    with Simulation("rylr", devices_file, period_s=0.05, seed=6) as sim:
+        config = write_config(tmp_path / "config.toml", port=sim.port, dialect="rylr", mqtt_port=broker.port,
+                              devices_file=devices_file, state_path=tmp_path / "state.db")
+        gateway = gateways(config).start(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000"})
+        # WATCHDOG_USEC of 2 ms: a ping on every housekeeping tick fills the queue within seconds.
+        recorder.wait_for(lambda m: len(recorder.payloads("lora-gateway/pump-house")) >= 150, timeout=60)
+        assert gateway.stop() == 0, gateway.output()
+    sock.close()

@@ -47,20 +47,22 @@ class Dashboard:
 
     def __init__(self, port: int) -> None:
         self.alerts: set[tuple[str, str]] = set()
-        self.first_after: dict[str, float] = {}
         self.events: list[dict[str, Any]] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-dashboard", clean_session=False)
         self.client.reconnect_delay_set(1, 1)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([("rel/+/alert", 1), ("rel/bridge/event", 1)])
+        self.online_at: list[float] = []
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(
+            [("rel/+/alert", 1), ("rel/bridge/event", 1), ("rel/bridge/state", 1)])
         self.client.on_message = self._on_message
-        self.last_message = 0.0
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        self.last_message = time.monotonic()
         body = json.loads(msg.payload)
-        if msg.topic.endswith("/alert"):
+        if msg.topic.endswith("/state"):
+            if body["state"] == "online":
+                self.online_at.append(time.monotonic())
+        elif msg.topic.endswith("/alert"):
             self.alerts.add((body["id"], body["state"]))
         else:
             self.events.append({**body, "_at": time.monotonic()})
@@ -146,16 +148,17 @@ def scenario(workdir: Path, rate: float, outage_s: float) -> dict[str, Any]:
         time.sleep(outage_s)
         back = time.monotonic()
         broker.start()
-        wait(lambda: dashboard.last_message > back, 60)
-        results["broker_back_to_first_message_s"] = dashboard.last_message - back
+        # The gateway says online again once it has reconnected (paho retries every 1..30 s).
+        wait(lambda: any(t > back for t in dashboard.online_at), 60)
+        results["broker_back_to_online_s"] = next(t for t in dashboard.online_at if t > back) - back
         time.sleep(10)
         # 2. kill -9 under load, then a restart.
         gateway.send_signal(signal.SIGKILL)
         gateway.wait()
         killed = time.monotonic()
         gateway = start_gateway(config, log)
-        wait(lambda: dashboard.last_message > killed + 0.5, 60)
-        results["restart_to_first_message_s"] = dashboard.last_message - killed
+        wait(lambda: any(t > killed for t in dashboard.online_at), 60)
+        results["kill_to_online_again_s"] = next(t for t in dashboard.online_at if t > killed) - killed
         time.sleep(10)
         # 3. The module unplugged for 5 s and plugged back.
         module[0].close()
@@ -204,10 +207,10 @@ def main() -> int:
     r = scenario(workdir, args.rate, args.outage)
     ob = outbox_throughput(workdir, 2000)
     table(f"Under {args.rate:.0f} frames/s through the pty ({r['frames_sent']} frames sent)",
-          ["alerts committed", "received", "lost", "broker back -> first message s",
-           "kill -9 -> restarted gateway's first message s", "port back -> serial_back s"],
+          ["alerts committed", "received", "lost", "broker back -> gateway online s",
+           "kill -9 + restart -> online s", "port back -> serial_back s"],
           [[str(r["alerts_committed"]), str(r["alerts_received"]), str(r["alerts_lost"]),
-            f"{r['broker_back_to_first_message_s']:.2f}", f"{r['restart_to_first_message_s']:.2f}",
+            f"{r['broker_back_to_online_s']:.2f}", f"{r['kill_to_online_again_s']:.2f}",
             f"{r['port_back_to_serial_back_s']:.2f}" if r["port_back_to_serial_back_s"] is not None else "-"]])
     table("Outbox (SQLite WAL, synchronous=FULL), one alert per transaction", ["commits/s", "acknowledged removes/s"],
           [[f"{ob['commits_per_s']:,.0f}", f"{ob['removes_per_s']:,.0f}"]])

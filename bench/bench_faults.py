@@ -62,7 +62,8 @@ def scenario(days: int, rng: random.Random) -> Scenario:
                                     "nodes": nodes})
 
 
-def run_seed(seed: int, days: int, scorer: OnnxScorer, workdir: Path) -> tuple[list[Label], list[dict[str, Any]], int]:
+def run_seed(seed: int, days: int, scorer: OnnxScorer, workdir: Path,
+             settings: DetectorSettings) -> tuple[list[Label], list[dict[str, Any]], int]:
     rng = random.Random(seed)
     spec = scenario(days, rng)
     devices = workdir / f"devices-{seed}.toml"
@@ -72,7 +73,7 @@ def run_seed(seed: int, days: int, scorer: OnnxScorer, workdir: Path) -> tuple[l
     origin = 1_780_272_000.0  # 2026-06-01 UTC
     nodes, labels = build_nodes(spec.nodes, keys, rng, origin)
     engine = Engine(nodes, spec.radio, rng=rng, origin=origin)
-    detector = Detector(scorer, DetectorSettings())
+    detector = Detector(scorer, settings)
     alerts: list[dict[str, Any]] = []
     readings = 0
     for delivery in engine.run(days * DAY):
@@ -117,14 +118,16 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--days", type=int, default=5)
     p.add_argument("--json", type=Path)
+    p.add_argument("--settings", default="{}", help="detector settings as JSON (default: the detector's defaults)")
     args = p.parse_args()
+    settings = DetectorSettings.model_validate(json.loads(args.settings))
     scorer = OnnxScorer(packaged_default_bundle())
     workdir = Path(tempfile.mkdtemp(prefix="bench-faults-"))
     totals: dict[str, dict[str, Any]] = {k: {"faults": 0, "detected": 0, "delays_s": []} for k in KINDS}
     alerts = false_alerts = readings = 0
     node_days = 0
     for seed in range(args.seeds):
-        labels, raised, n = run_seed(seed, args.days, scorer, workdir)
+        labels, raised, n = run_seed(seed, args.days, scorer, workdir, settings)
         result = evaluate(labels, raised, 60.0)
         readings += n
         alerts += result["alerts"]
@@ -136,7 +139,7 @@ def main() -> int:
             totals[kind]["delays_s"] += r["delays_s"]
         print(f"seed {seed}: {n} readings, {result['alerts']} alerts, {result['false_alerts']} false", file=sys.stderr)
     print(f"\n{args.seeds} runs x 4 nodes x {args.days} days, one reading a minute, {readings} readings; "
-          f"model {scorer.label}, default detector settings\n")
+          f"model {scorer.label}, detector settings {args.settings}\n")
     print("| fault | faults | detected | recall | median delay (readings) | max delay (readings) |")
     print("|---|---|---|---|---|---|")
     for kind, r in totals.items():

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.tables import table  # noqa: E402
 from gateway.model_store import compare_scores, packaged_default_bundle  # noqa: E402
 from gateway.scoring import MODEL_FP32, MODEL_INT8, Normalization, OnnxScorer, session_options  # noqa: E402
 from models.arch import ModelConfig, build_model, count_params  # noqa: E402
@@ -56,15 +57,6 @@ def ort_latency(path: Path, x: np.ndarray, repeats: int, arena: bool = True) -> 
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x}
     return median_us(lambda: sess.run(None, feed), repeats)
-
-
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print(f"\n{title}\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
 
 
 def bench_bundle(bundle: Path, weights: Path, repeats: int) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.tables import table  # noqa: E402
 from gateway import lpp  # noqa: E402
 from gateway.devices import add_devices, load_devices, session_keys  # noqa: E402
 from gateway.lorawan import SessionKeys, build_uplink  # noqa: E402
@@ -324,17 +325,6 @@ def daemon_memory_and_startup(workdir: Path, broker: Broker, devices_file: Path,
         gateway.wait(15)
     sock.close()
     return {"devices": len(keys), "ready_s": ready_s, "peak_rss_mb": hwm}
-
-
-# ---------------------------------------------------------------- report
-
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print(f"\n{title}\n", flush=True)
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |", flush=True)
 
 
 def main() -> int:

@@ -31,7 +31,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_pipeline import Broker, make_devices, table  # noqa: E402
+from bench.bench_pipeline import Broker, make_devices  # noqa: E402
+from bench.tables import table  # noqa: E402
 from firmware_sim.modules import EMULATORS  # noqa: E402
 from firmware_sim.pty_link import PtyModule  # noqa: E402
 from gateway import lpp  # noqa: E402

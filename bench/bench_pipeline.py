@@ -34,19 +34,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.tables import table  # noqa: E402
 from gateway import lpp  # noqa: E402
+from gateway.demo import free_port, wait_listening  # noqa: E402
 from gateway.devices import add_devices, load_devices, session_keys  # noqa: E402
-from gateway.lorawan import SessionKeys, build_uplink  # noqa: E402
+from gateway.lorawan import build_uplink  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 # ---------------------------------------------------------------- shared set-up
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class Broker:
     def __init__(self, workdir: Path, persistent: bool = False) -> None:
@@ -61,13 +56,8 @@ class Broker:
     def start(self) -> None:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        if not wait_listening(self.port, 10):
+            raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port}")
 
     def stop(self) -> None:
         self.proc.terminate()

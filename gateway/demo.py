@@ -58,13 +58,13 @@ FARM: dict[str, Any] = {
 DETECTOR = "[detector]\nwarmup = 200\nrange_tolerance = 0.5\nmin_duration = 3\n"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait_listening(port: int, timeout: float) -> bool:
+def wait_listening(port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -86,11 +86,11 @@ class Mosquitto:
     name = "mosquitto"
 
     def __init__(self, binary: str, workdir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not _wait_listening(self.port, 10):
+        if not wait_listening(self.port, 10):
             self.stop()
             raise RuntimeError(f"mosquitto did not start on 127.0.0.1:{self.port}")
 
@@ -112,7 +112,7 @@ class EmbeddedBroker:
         amqtt_log.addHandler(logging.FileHandler(workdir / "broker.log"))
         amqtt_log.propagate = False
 
-        self.port = _free_port()
+        self.port = free_port()
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},

@@ -152,11 +152,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def format_validation_error(source: str, err: ValidationError) -> str:
+def format_validation_error(source: str, err: ValidationError, secret: frozenset[str] = frozenset()) -> str:
+    """One line per problem: file, key, message and the value, unless the key is in `secret`."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        hidden = e["type"] == "missing" or (bool(e["loc"]) and e["loc"][-1] in secret)
+        got = "" if hidden else f" (got {e['input']!r})"
         lines.append(f"{source}: {key}: {e['msg']}{got}")
     return "\n".join(lines)
 

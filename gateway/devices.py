@@ -14,6 +14,7 @@ from gateway.config import ConfigError, format_validation_error, read_toml
 from gateway.lorawan import SessionKeys
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SECRET_FIELDS = frozenset({"nwk_skey", "app_skey"})
 
 
 class DeviceEntry(BaseModel):
@@ -63,14 +64,8 @@ def load_devices(path: Path) -> dict[str, DeviceEntry]:
     try:
         parsed = DevicesFile.model_validate(raw)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            # Never let a key's value into a message.
-            secret = err["loc"][-1] in ("nwk_skey", "app_skey")
-            got = "" if err["type"] == "missing" or secret else f" (got {err['input']!r})"
-            lines.append(f"{path}: {key}: {err['msg']}{got}")
-        raise ConfigError("\n".join(lines)) from None
+        # Never let a key's value into a message.
+        raise ConfigError(format_validation_error(str(path), e, secret=_SECRET_FIELDS)) from None
     seen: dict[str, str] = {}
     for name, entry in parsed.devices.items():
         if not _NAME.match(name):

@@ -20,7 +20,7 @@ from gateway.devices import load_devices, session_keys
 from gateway.dialects import DIALECTS
 from gateway.discovery import Discovery
 from gateway.health import BrokerHealth, DeviceTable, HealthReporter, HealthSnapshot, ModuleHealth, health_path
-from gateway.history import History, HistoryRow
+from gateway.history import History, HistoryEntry
 from gateway.lorawan import UplinkDecoder
 from gateway.model_store import active_bundle, default_model_root, packaged_default_bundle
 from gateway.mqtt_publisher import MqttPublisher
@@ -32,6 +32,7 @@ from gateway.scoring import BundleError, OnnxScorer
 from gateway.sd_notify import Notifier
 from gateway.serial_link import ModuleError, SerialLink, SerialLost
 from gateway.state import StateStore
+from gateway.telemetry import telemetry_payload
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -212,18 +213,22 @@ class Daemon:
                 return
             self.publisher.service()
             now = time.time()
-            read_at = time.perf_counter()
             if batch:
-                out = self.pipeline.process(batch, now)
-                for command in out.commands:
-                    self.link.write(command)
-                for event in out.events:
-                    self.publisher.publish_event(event)
-                if out.readings:
-                    self._publish(out.readings, read_at)
+                self.handle_lines(batch, now)
             if self._housekeeping(clock, now):
                 for command in self.link.dialect.on_idle(now):
                     self.link.write(command)
+
+    def handle_lines(self, batch: list[bytes | Rejected], now: float) -> None:
+        """One batch of lines from the module, decoded, scored and published (bench/ times this)."""
+        read_at = time.perf_counter()
+        out = self.pipeline.process(batch, now)
+        for command in out.commands:
+            self.link.write(command)
+        for event in out.events:
+            self.publisher.publish_event(event)
+        if out.readings:
+            self._publish(out.readings, read_at)
 
     def _housekeeping(self, clock: _Clock, now: float) -> bool:
         """Periodic work of either input loop; True when the half-second tick ran."""
@@ -250,6 +255,7 @@ class Daemon:
         if transitions:
             # The alert state that produced these alerts is on disk before they are.
             self.detector.flush()
+        history: list[HistoryEntry] = []
         for reading, result in zip(readings, results, strict=True):
             known = self._channels.get(reading.device)
             if known is None or not known.issuperset(reading.values):
@@ -258,15 +264,14 @@ class Daemon:
                 self.publisher.publish_discovery(self.discovery.device(reading.device, channels))
             if self.availability.seen(reading.device, reading.time):
                 self.publisher.publish_availability(reading.device, True)
-            self.publisher.publish_reading(reading, result.alert_state, result.score, result.likelihood)
+            payload = telemetry_payload(reading, result.alert_state, result.score, result.likelihood)
+            self.publisher.publish_state(reading.device, payload)
+            history.append((reading.device, reading.time, payload, result.score, result.alert_state))
             self.devices_seen.saw(reading, result.alert_state, result.score)
             if self.metrics is not None:
                 self.metrics.latency.observe(time.perf_counter() - read_at)
                 self.metrics.scores.observe(result.score)
-        self.history.append([
-            HistoryRow.of(reading, result.alert_state, result.score, result.likelihood)
-            for reading, result in zip(readings, results, strict=True)
-        ])
+        self.history.append(history)
         for transition in transitions:
             dropped = self.publisher.publish_alert(transition.device, transition.to_payload())
             if self.metrics is not None:

@@ -1,8 +1,13 @@
 """A bounded history of readings in the state database, for `lora-gateway report`.
 
-One row per reading (values as JSON), written in one transaction per batch. Rows older
-than the retention are deleted a bounded batch at a time, so pruning a long backlog never
-stalls the loop that appends.
+One row per reading, holding the state payload the daemon published for it (so the history
+costs no second encoding), written in one transaction per batch. Rows older than the
+retention are deleted a bounded batch at a time, so pruning a long backlog never stalls the
+loop that appends.
+
+Only the time is indexed: an index by device costs several times the insert itself (each row
+lands at a random place in it) on the daemon's hot path, while a report, which reads one
+device's rows, is rare and scans just its time span.
 """
 
 from __future__ import annotations
@@ -14,8 +19,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from gateway.records import Reading
 
 DEFAULT_RETENTION_S = 7 * 86400
 PRUNE_BATCH = 5000
@@ -29,9 +32,12 @@ CREATE TABLE IF NOT EXISTS history (
     score       REAL,
     alert_state TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS history_device_time ON history (device, time);
+DROP INDEX IF EXISTS history_device_time;
 CREATE INDEX IF NOT EXISTS history_time ON history (time);
 """
+
+# (device, time, the published state payload, anomaly score, alert state)
+HistoryEntry = tuple[str, float, str, float | None, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +48,6 @@ class HistoryRow:
     score: float | None = None
     alert_state: str = "ok"
     channel_scores: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, reading: Reading, alert_state: str = "ok", score: float | None = None,
-           channel_scores: dict[str, float] | None = None) -> HistoryRow:
-        return cls(reading.device, reading.time, reading.values, score, alert_state, dict(channel_scores or {}))
 
 
 class History:
@@ -60,14 +61,10 @@ class History:
         self._db.executescript(_SCHEMA)
         self._next_prune = 0.0
 
-    def append(self, rows: Iterable[HistoryRow], now: float | None = None) -> None:
+    def append(self, entries: Iterable[HistoryEntry], now: float | None = None) -> None:
         """Insert a batch in one transaction; prune one bounded batch of expired rows when due."""
         now = time.time() if now is None else now
-        data = [
-            (r.device, r.time, json.dumps({"v": r.values, "s": r.channel_scores}, separators=(",", ":")),
-             r.score, r.alert_state)
-            for r in rows
-        ]
+        data = list(entries)
         with self._lock:
             if data:
                 self._db.execute("BEGIN")
@@ -103,13 +100,16 @@ class History:
         with self._lock:
             rows = self._db.execute(
                 "SELECT device, time, values_json, score, alert_state FROM history "
-                "WHERE device = ? AND time >= ? ORDER BY time",
-                (device, since),
+                "WHERE time >= ? AND device = ? ORDER BY time",
+                (since, device),
             ).fetchall()
         out = []
         for dev, t, values_json, score, alert_state in rows:
             body = json.loads(values_json)
-            out.append(HistoryRow(dev, t, body["v"], score, alert_state, body["s"]))
+            if "values" in body:
+                out.append(HistoryRow(dev, t, body["values"], score, alert_state, body["anomaly"]))
+            else:  # written before the history kept the published payload
+                out.append(HistoryRow(dev, t, body["v"], score, alert_state, body["s"]))
         return out
 
     def devices(self) -> list[str]:

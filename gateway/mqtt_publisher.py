@@ -11,9 +11,7 @@ callbacks with its own locks held, so a callback that waited for ours could dead
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import ssl
 import threading
 from collections import deque
@@ -24,21 +22,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.config import MqttConfig
 from gateway.outbox import Outbox, OutboxMessage
-from gateway.records import Reading
+from gateway.telemetry import to_json
 
 log = logging.getLogger(__name__)
 
 
-def to_json(payload: Any) -> str:
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False)
-
-
 ONLINE = to_json({"state": "online"})
 OFFLINE = to_json({"state": "offline"})
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 class MqttPublisher:
@@ -59,6 +49,7 @@ class MqttPublisher:
         self._dropped_unreported = 0
         self._last_state: dict[str, str] = {}  # topic -> payload, republished on reconnect
         self._inflight: dict[int, mqtt.MQTTMessageInfo] = {}  # outbox id -> paho's handle
+        self._last_sent: mqtt.MQTTMessageInfo | None = None  # see drain()
         protocol = MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -111,7 +102,7 @@ class MqttPublisher:
             return
         if self.connected.is_set():
             return
-        publish = self.client.publish
+        publish = self._send
         publish(self.topic("bridge/state"), ONLINE, qos=1, retain=True)
         publish(self.topic("bridge/info"), to_json(self._info), qos=1, retain=True)
         for topic, payload in self._last_state.items():
@@ -130,13 +121,32 @@ class MqttPublisher:
         self.connected.set()
 
     def _send_outbox(self, message: OutboxMessage) -> None:
-        self._inflight[message.id] = self.client.publish(
-            message.topic, message.payload, qos=message.qos, retain=message.retain
-        )
+        self._inflight[message.id] = self._send(message.topic, message.payload, message.qos, message.retain)
+
+    def _send(self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        self._last_sent = info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        return info
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until the broker has acknowledged every message so far; False on timeout or while it is away.
+
+        Waiting for the last one is enough: a broker acknowledges QoS 1 messages in the order it
+        received them (MQTT 3.1.1, 4.6), and paho sends in the order of the publish calls.
+        """
+        if self._telemetry:
+            return False  # queued while the broker is away: nothing to wait for before it is back
+        info = self._last_sent
+        if info is None:
+            return True
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError):  # paho: not connected, or the message was refused
+            return False
+        return info.is_published()
 
     def _publish_or_queue(self, topic: str, payload: str, qos: int, retain: bool) -> None:
         if self.connected.is_set():
-            self.client.publish(topic, payload, qos=qos, retain=retain)
+            self._send(topic, payload, qos, retain)
             return
         if len(self._telemetry) >= self._telemetry_cap:
             self._telemetry.popleft()
@@ -157,27 +167,11 @@ class MqttPublisher:
         """New info (a reloaded model); a reconnect publishes the latest info anyway."""
         self._info = info
         if self.connected.is_set():
-            self.client.publish(self.topic("bridge/info"), to_json(info), qos=1, retain=True)
+            self._send(self.topic("bridge/info"), to_json(info), qos=1, retain=True)
 
-    def publish_reading(
-        self,
-        reading: Reading,
-        alert_state: str = "ok",
-        anomaly_score: float | None = None,
-        anomaly_channels: dict[str, float] | None = None,
-    ) -> None:
-        payload = {
-            "device": reading.device,
-            "values": reading.values,
-            "rssi": finite_or_none(reading.rssi),
-            "snr": finite_or_none(reading.snr),
-            "fcnt": reading.fcnt,
-            "time": reading.time,
-            "anomaly_score": anomaly_score,
-            "anomaly": anomaly_channels or {},
-            "alert_state": alert_state,
-        }
-        self._retain(self.topic(reading.device), to_json(payload))
+    def publish_state(self, device: str, payload: str) -> None:
+        """A device's last reading (gateway.telemetry.telemetry_payload), retained."""
+        self._retain(self.topic(device), payload)
 
     def publish_availability(self, device: str, online: bool) -> None:
         self._retain(self.topic(f"{device}/availability"), "online" if online else "offline")
@@ -197,10 +191,7 @@ class MqttPublisher:
     def stop(self, timeout_s: float = 3.0) -> None:
         """Say offline ourselves (the will only fires on an unclean loss), then disconnect."""
         if self.connected.is_set():
-            info = self.client.publish(self.topic("bridge/state"), OFFLINE, qos=1, retain=True)
-            try:
-                info.wait_for_publish(timeout_s)
-            except (RuntimeError, ValueError):
-                pass
+            self._send(self.topic("bridge/state"), OFFLINE, qos=1, retain=True)
+            self.drain(timeout_s)
         self.client.disconnect()
         self.client.loop_stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,9 +13,10 @@ import matplotlib.image
 import pytest
 
 from gateway import history as history_module
-from gateway.history import History, HistoryRow, alert_spans
+from gateway.history import History, HistoryEntry, HistoryRow, alert_spans
 from gateway.records import Reading
 from gateway.report import parse_span
+from gateway.telemetry import telemetry_payload
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -31,14 +33,22 @@ def rows_for(device: str, start: float, n: int, step: float = 60.0) -> list[Hist
     return out
 
 
+def entries(rows: list[HistoryRow]) -> list[HistoryEntry]:
+    """What the daemon appends: each reading's published state payload."""
+    return [
+        (r.device, r.time, telemetry_payload(Reading(r.device, r.values, i, -80.0, 5.0, r.time), r.alert_state,
+                                             r.score, r.channel_scores), r.score, r.alert_state)
+        for i, r in enumerate(rows)
+    ]
+
+
 def test_append_query_and_batched_prune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     now = 1_700_000_000.0
     h = History(tmp_path / "state.db", retention_s=3600)
-    reading = Reading("cold-room", {"temperature_1": 3.5}, fcnt=1, rssi=-80, snr=4, time=now)
-    h.append([HistoryRow.of(reading, "ok", 0.2, {"temperature_1": 0.2})], now=now)
-    h.append(rows_for("pump-house", now - 7200, 120), now=now)
-    (row,) = h.query("cold-room", now - 10)
-    assert row == HistoryRow("cold-room", now, {"temperature_1": 3.5}, 0.2, "ok", {"temperature_1": 0.2})
+    (row,) = [HistoryRow("cold-room", now, {"temperature_1": 3.5}, 0.2, "ok", {"temperature_1": 0.2})]
+    h.append(entries([row]), now=now)
+    h.append(entries(rows_for("pump-house", now - 7200, 120)), now=now)
+    assert h.query("cold-room", now - 10) == [row]
     # The first append pruned while the database was still small; pruning again removes the expired hour.
     assert len(h.query("pump-house", 0)) == 120
     monkeypatch.setattr(history_module, "PRUNE_BATCH", 7)
@@ -52,6 +62,25 @@ def test_append_query_and_batched_prune(tmp_path: Path, monkeypatch: pytest.Monk
     assert [r.time for r in h.query("pump-house", 0)] == [now - 7200 + i * 60 for i in range(60, 120)]
     assert h.devices() == ["cold-room", "pump-house"]
     h.close()
+
+
+def test_history_written_before_it_kept_payloads_still_reads(tmp_path: Path) -> None:
+    """A state database from before: rows of {"v": values, "s": channel scores}, an index by device."""
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript(
+        "CREATE TABLE history (device TEXT NOT NULL, time REAL NOT NULL, values_json TEXT NOT NULL, score REAL, "
+        "alert_state TEXT NOT NULL); CREATE INDEX history_device_time ON history (device, time);"
+        """INSERT INTO history VALUES ('pump', 10.0, '{"v":{"current_3":1.5},"s":{"current_3":0.25}}', 0.25, 'ok');"""
+    )
+    db.close()
+    h = History(tmp_path / "state.db")
+    h.append(entries([HistoryRow("pump", 20.0, {"current_3": 1.25}, 0.5, "raised", {"current_3": 0.5})]), now=30.0)
+    assert h.query("pump", 0) == [HistoryRow("pump", 10.0, {"current_3": 1.5}, 0.25, "ok", {"current_3": 0.25}),
+                                  HistoryRow("pump", 20.0, {"current_3": 1.25}, 0.5, "raised", {"current_3": 0.5})]
+    h.close()
+    indexes = sqlite3.connect(tmp_path / "state.db").execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'history'").fetchall()
+    assert indexes == [("history_time",)]  # the by-device index is gone: it cost the hot path most
 
 
 def test_alert_spans() -> None:
@@ -79,7 +108,7 @@ def test_report_writes_a_png(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     h = History(tmp_path / "state.db")
     now = time.time()
-    h.append(rows_for("pump-house", now - 130 * 60, 130), now=now)
+    h.append(entries(rows_for("pump-house", now - 130 * 60, 130)), now=now)
     h.close()
     out = tmp_path / "report.png"
     done = run_report("--device", "pump-house", "--since", "24h", "--out", str(out), "--config", str(config))

@@ -11,6 +11,8 @@ import pytest
 from gateway.config import MqttConfig
 from gateway.mqtt_publisher import MqttPublisher
 from gateway.outbox import Outbox
+from gateway.records import Reading
+from gateway.telemetry import telemetry_payload
 
 
 def test_outbox_persists_and_keeps_order(tmp_path: Path) -> None:
@@ -80,15 +82,14 @@ def test_alerts_survive_a_broker_outage_and_a_restart(tmp_path: Path, broker, re
 
 
 def test_telemetry_queue_drops_oldest_while_broker_away(tmp_path: Path, broker, recorder_factory) -> None:
-    from gateway.records import Reading
-
     publisher = MqttPublisher(MqttConfig(port=broker.port), "t", {}, Outbox(tmp_path / "s.db"), telemetry_queue=5)
     publisher.start()
     _wait(publisher.connected.is_set, publisher)
     broker.stop()
     _wait(lambda: not publisher.connected.is_set(), publisher)
     for i in range(8):
-        publisher.publish_reading(Reading("pump", {"temperature_1": float(i)}, i, -80.0, 5.0, float(i)))
+        publisher.publish_state("pump", telemetry_payload(Reading("pump", {"temperature_1": float(i)}, i, -80.0, 5.0, i)))
+    assert not publisher.drain(0.5)  # nothing can be acknowledged while the broker is away
     assert publisher.telemetry_dropped == 3
     broker.start()
     recorder = recorder_factory(broker.port, ["lora-gateway/#"])
@@ -99,4 +100,24 @@ def test_telemetry_queue_drops_oldest_while_broker_away(tmp_path: Path, broker, 
     recorder.wait_for(lambda m: {b["fcnt"] for b in recorder.payloads("lora-gateway/pump")} >= {3, 4, 5, 6, 7})
     # The three oldest went; the newest state is also republished (retained) on reconnect.
     assert {b["fcnt"] for b in recorder.payloads("lora-gateway/pump")} == {3, 4, 5, 6, 7}
+    publisher.stop()
+
+
+def test_drain_returns_once_the_broker_has_every_message(tmp_path: Path, broker, recorder_factory) -> None:
+    recorder = recorder_factory(broker.port, ["lora-gateway/+"])
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "t", {}, Outbox(tmp_path / "s.db"))
+    assert publisher.drain(0.1)  # nothing sent yet
+    publisher.start()
+    _wait(publisher.connected.is_set, publisher)
+    for i in range(500):  # mosquitto queues at most 1,000 for a subscriber: the recorder must not lose any
+        publisher.publish_state(f"node-{i % 20}", telemetry_payload(Reading(f"node-{i % 20}", {"temperature_1": i / 10},
+                                                                            i, -80.0, 5.0, float(i))))
+    assert publisher.drain(30)
+    # Acknowledged means the broker has them: a subscriber that comes now gets every device's last state,
+    late = recorder_factory(broker.port, ["lora-gateway/+"])
+    retained = late.wait_for(lambda m: len(m) >= 20)
+    assert sorted(json.loads(p)["fcnt"] for _, p, _ in retained) == list(range(480, 500))
+    # and one subscribed all along gets all 500, in order per device.
+    recorder.wait_for(lambda m: len(m) == 500)
+    assert [b["fcnt"] for b in recorder.payloads("lora-gateway/node-7")] == list(range(7, 500, 20))
     publisher.stop()

@@ -1,0 +1,32 @@
+"""The `<base>/<device>` state payload: built once per reading, published over MQTT and kept as is
+in the reading history, so neither encodes it a second time."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from gateway.records import Reading
+
+# One encoder for every payload: json.dumps with options builds a new one per call.
+to_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def telemetry_payload(
+    reading: Reading,
+    alert_state: str = "ok",
+    anomaly_score: float | None = None,
+    anomaly_channels: dict[str, float] | None = None,
+) -> str:
+    return to_json({
+        "device": reading.device,
+        "values": reading.values,
+        # Unknown signal figures (a module that does not report them) are null, never NaN.
+        "rssi": reading.rssi if math.isfinite(reading.rssi) else None,
+        "snr": reading.snr if math.isfinite(reading.snr) else None,
+        "fcnt": reading.fcnt,
+        "time": reading.time,
+        "anomaly_score": anomaly_score,
+        "anomaly": anomaly_channels or {},
+        "alert_state": alert_state,
+    })

@@ -1,0 +1,190 @@
+"""The measured processes of bench_pipeline, one fresh interpreter each (`python -m
+bench.pipeline_children KIND ...`): they import only what they measure, so that the peak
+RSS they report is theirs, not the benchmark's."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---------------------------------------------------------------- children (one per measurement)
+
+def child_gateway(args: argparse.Namespace) -> dict[str, Any]:
+    """The daemon's own batch path, lines pre-recorded instead of read from the port: dialect ->
+    LoRaWAN -> LPP -> detector -> MQTT, with the history, availability and Home Assistant
+    discovery it keeps; timed until the broker has acknowledged the last message."""
+    from gateway.config import load_config
+    from gateway.daemon import Daemon
+
+    lines = [bytes.fromhex(x) for x in Path(args.lines).read_text().split()]
+    workdir = Path(tempfile.mkdtemp())
+    config = workdir / "bench.toml"
+    window = f"[detector]\nwindow = {args.window}\n" if args.window else ""
+    config.write_text(
+        f'devices_file = "{args.devices}"\nstate_path = "{workdir}/state.db"\nmodel_root = "{workdir}/no-models"\n'
+        f'[serial]\nport = "{workdir}/no-port"\n[mqtt]\nport = {args.broker}\nbase_topic = "bench"\n{window}'
+    )
+    daemon = Daemon(load_config(config))
+    publisher = daemon.publisher
+    publisher.start()
+    while not publisher.connected.is_set():
+        publisher.service()
+        time.sleep(0.01)
+    batch = args.batch
+    start = time.perf_counter()
+    for i in range(0, len(lines), batch):
+        publisher.service()
+        daemon.handle_lines(lines[i:i + batch], time.time())
+    if not publisher.drain(120):
+        raise RuntimeError("the broker did not acknowledge every message")
+    elapsed = time.perf_counter() - start
+    accepted = daemon.pipeline.frames_accepted
+    publisher.stop()
+    return {"frames": accepted, "seconds": elapsed, "fps": accepted / elapsed, "rss_mb": peak_rss_mb(),
+            "rejected": sum(daemon.pipeline.rejections.counts.values())}
+
+
+def child_naive(args: argparse.Namespace) -> dict[str, Any]:
+    """What most tutorials write: per packet, parse the line, check the MIC and decrypt with cipher
+    objects made for that packet, run the float torch model on the channel's window, publish."""
+    import re
+    import struct
+
+    import numpy as np
+    import paho.mqtt.client as mqtt
+    import torch
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.cmac import CMAC
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gateway import lpp
+    from gateway.devices import load_devices, session_keys
+    from gateway.scoring import Normalization
+    from models.weights import load_weights
+
+    torch.set_num_threads(1)
+    lines = [bytes.fromhex(x) for x in Path(args.lines).read_text().split()]
+    model = load_weights(ROOT / "models" / "default" / "weights.safetensors").model
+    model.eval()
+    norm = Normalization()
+    window = 32
+    keys = {k.dev_addr: k for k in session_keys(load_devices(Path(args.devices)))}
+    pattern = re.compile(r"\+RCV=(\d+),(\d+),([0-9A-F]+),(-?\d+),(-?\d+)")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", args.broker)
+    client.loop_start()
+    history: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    frames = 0
+    for raw in lines:
+        m = pattern.fullmatch(raw.decode())
+        data = bytes.fromhex(m.group(3))
+        dev_addr, _, fcnt = struct.unpack_from("<IBH", data, 1)
+        k = keys[dev_addr]
+        msg, mic = data[:-4], data[-4:]
+        cmac = CMAC(algorithms.AES(k.nwk_skey))
+        cmac.update(struct.pack("<BIBIIBB", 0x49, 0, 0, dev_addr, fcnt, 0, len(msg)) + msg)
+        if cmac.finalize()[:4] != mic:
+            continue
+        encrypted = data[9:-4]
+        aes = Cipher(algorithms.AES(k.app_skey), modes.ECB()).encryptor()
+        stream = b"".join(aes.update(struct.pack("<BIBIIBB", 1, 0, 0, dev_addr, fcnt, 0, i + 1))
+                          for i in range((len(encrypted) + 15) // 16))
+        values = lpp.decode(bytes(a ^ b for a, b in zip(encrypted, stream)))
+        scores = {}
+        for name, value in values.items():
+            h = history.setdefault(f"{k.name}/{name}", [])
+            h.append(value)
+            del h[: -(window + norm.history)]
+            if len(h) >= window + 8:
+                x = norm.apply(np.array(h[:-window]), np.array(h[-window:]))
+                with torch.no_grad():
+                    scores[name] = float(model(torch.from_numpy(x[None, :].astype(np.float32)))[0])
+        payload = {"values": values, "rssi": float(m.group(4)), "snr": float(m.group(5)), "scores": scores}
+        last = client.publish(f"naive/{k.name}", json.dumps(payload), qos=1, retain=True)
+        frames += 1
+    last.wait_for_publish(120)
+    elapsed = time.perf_counter() - start
+    client.loop_stop()
+    return {"frames": frames, "seconds": elapsed, "fps": frames / elapsed, "rss_mb": peak_rss_mb()}
+
+
+def child_runtime(args: argparse.Namespace) -> dict[str, Any]:
+    """The memory floor: a process that only imports what the daemon must (numpy, onnxruntime,
+    pydantic, cryptography, paho-mqtt, pyserial, sqlite3) and opens the default model."""
+    import sqlite3  # noqa: F401
+
+    import numpy  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import paho.mqtt.client  # noqa: F401
+    import pydantic  # noqa: F401
+    import serial  # noqa: F401
+    from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: F401
+    from cryptography.hazmat.primitives.cmac import CMAC  # noqa: F401
+
+    imported = peak_rss_mb()
+    from gateway.model_store import packaged_default_bundle
+    from gateway.scoring import load_session
+
+    load_session(packaged_default_bundle() / "model.onnx")
+    return {"imports_mb": imported, "rss_mb": peak_rss_mb()}
+
+
+def child_paho(args: argparse.Namespace) -> dict[str, Any]:
+    """The MQTT floor: paho alone publishing telemetry-sized QoS 1 retained messages, network
+    loop in its thread as the daemon runs it, until the broker acknowledged the last."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    payload = json.dumps({
+        "device": "dev-10", "values": {"temperature_1": 21.4, "relative_humidity_2": 50.5}, "rssi": -80.0,
+        "snr": 7.0, "fcnt": 123, "time": 1764620000.123456, "anomaly_score": 0.1234,
+        "anomaly": {"temperature_1": 0.1234, "relative_humidity_2": 0.0567}, "alert_state": "ok"})
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", args.broker)
+    client.loop_start()
+    client.publish("paho/ready", "", qos=1).wait_for_publish(10)
+    n = args.messages
+    start = time.perf_counter()
+    for i in range(n):
+        last = client.publish(f"paho/dev-{i % 100}", payload, qos=1, retain=True)
+    last.wait_for_publish(120)
+    elapsed = time.perf_counter() - start
+    client.loop_stop()
+    return {"messages": n, "seconds": elapsed, "us_per_message": elapsed / n * 1e6}
+
+
+CHILDREN = {"gateway": child_gateway, "naive": child_naive, "runtime": child_runtime, "paho": child_paho}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("kind", choices=sorted(CHILDREN))
+    p.add_argument("--lines", help="pre-recorded module lines, hex, one per line")
+    p.add_argument("--devices", help="devices file")
+    p.add_argument("--broker", type=int, help="port of the mosquitto on 127.0.0.1")
+    p.add_argument("--batch", type=int, default=64, help="lines per batch")
+    p.add_argument("--window", type=int, default=0, help="detector window (default: the model's)")
+    p.add_argument("--messages", type=int, default=40_000, help="messages the paho floor publishes")
+    args = p.parse_args()
+    print(json.dumps(CHILDREN[args.kind](args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

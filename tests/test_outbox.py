@@ -121,3 +121,20 @@ def test_drain_returns_once_the_broker_has_every_message(tmp_path: Path, broker,
     recorder.wait_for(lambda m: len(m) == 500)
     assert [b["fcnt"] for b in recorder.payloads("lora-gateway/node-7")] == list(range(7, 500, 20))
     publisher.stop()
+
+
+@pytest.mark.parametrize(("protocol", "window"), [("3.1.1", 0), ("5", 20)])
+def test_publishes_over_mqtt_3_and_5(tmp_path: Path, broker, recorder_factory, protocol: str, window: int) -> None:
+    """3.1.1 has no in-flight window (paho's cost per acknowledgement grows with one); MQTT 5 keeps
+    paho's 20, within the Receive Maximum of common brokers, which may disconnect a client above it."""
+    recorder = recorder_factory(broker.port, ["lora-gateway/+"])
+    publisher = MqttPublisher(MqttConfig(port=broker.port, protocol=protocol), "t", {}, Outbox(tmp_path / "s.db"))
+    publisher.start()
+    _wait(publisher.connected.is_set, publisher)
+    assert publisher.client.max_inflight_messages == window
+    for i in range(200):
+        publisher.publish_state("pump", telemetry_payload(Reading("pump", {"current_3": i / 8}, i, -80.0, 5.0, i)))
+    assert publisher.drain(30)
+    recorder.wait_for(lambda m: len(m) == 200)
+    assert [b["fcnt"] for b in recorder.payloads("lora-gateway/pump")] == list(range(200))
+    publisher.stop()

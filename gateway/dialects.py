@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.config import SerialConfig
 from gateway.records import RadioFrame, Rejected
 
-_HEX = re.compile(r"[0-9A-Fa-f]*")
 _INT = re.compile(r"-?\d+")
 
 
@@ -28,18 +27,24 @@ class SetupStep:
 
 @dataclass(slots=True)
 class LineResult:
-    frames: list[RadioFrame] = field(default_factory=list)
-    commands: list[str] = field(default_factory=list)
+    # Tuples: most lines carry one frame or none, and an empty tuple costs no allocation.
+    frames: tuple[RadioFrame, ...] = ()
+    commands: tuple[str, ...] = ()
 
 
 def hex_payload(text: str) -> bytes:
     if len(text) % 2:
         raise Rejected("bad_hex", f"odd number of hex digits ({len(text)})")
-    if not _HEX.fullmatch(text):
-        raise Rejected("bad_hex", f"not hex: {text[:40]!r}")
     if not text:
         raise Rejected("bad_hex", "empty payload")
-    return bytes.fromhex(text)
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        data = b""
+    # fromhex also skips whitespace between digit pairs: then the bytes come out short.
+    if 2 * len(data) != len(text):
+        raise Rejected("bad_hex", f"not hex: {text[:40]!r}")
+    return data
 
 
 def _number(text: str, what: str) -> float:
@@ -109,7 +114,7 @@ class Rylr(Dialect):
             raise Rejected("bad_length", f"+RCV says {length} characters, the line disagrees: {line[:60]!r}")
         rssi = _number(tail_fields[1], "RSSI")
         snr = _number(tail_fields[2], "SNR")
-        return LineResult(frames=[RadioFrame(hex_payload(data), rssi, snr, now)])
+        return LineResult(frames=(RadioFrame(hex_payload(data), rssi, snr, now),))
 
 
 class Rak3172(Dialect):
@@ -141,7 +146,7 @@ class Rak3172(Dialect):
             raise Rejected("unrecognized_line", f"+EVT:RXP2P wants rssi:snr:hex: {line[:60]!r}")
         rssi = _number(fields[0], "RSSI")
         snr = _number(fields[1], "SNR")
-        return LineResult(frames=[RadioFrame(hex_payload(fields[2]), rssi, snr, now)])
+        return LineResult(frames=(RadioFrame(hex_payload(fields[2]), rssi, snr, now),))
 
 
 class Rn2483(Dialect):
@@ -183,20 +188,20 @@ class Rn2483(Dialect):
             self._received_at = self._asked_at = now
             self._waiting_for = "snr"
             # radio_rx carries no signal figures: ask for them, then re-arm.
-            return LineResult(commands=["radio get snr"])
+            return LineResult(commands=("radio get snr",))
         if self._waiting_for is not None and (_INT.fullmatch(line) or line == "invalid_param"):
             # Firmware before 1.0.5 has no `radio get rssi` and answers invalid_param.
             value = math.nan if line == "invalid_param" else float(line)
             if self._waiting_for == "snr":
                 self._snr, self._asked_at, self._waiting_for = value, now, "rssi"
-                return LineResult(commands=["radio get rssi"])
+                return LineResult(commands=("radio get rssi",))
             self._waiting_for = None
             frame = RadioFrame(self._pending, value, self._snr, self._received_at)
-            return LineResult(frames=[frame], commands=["radio rx 0"])
+            return LineResult(frames=(frame,), commands=("radio rx 0",))
         if line == "radio_err":
             # CRC error or watchdog: nothing usable arrived, but the receiver must be re-armed.
             self._waiting_for = None
-            return LineResult(commands=["radio rx 0"])
+            return LineResult(commands=("radio rx 0",))
         if line in self.ok_replies or line == "busy":
             return LineResult()
         raise Rejected("unrecognized_line", repr(line[:60]))

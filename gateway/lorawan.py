@@ -20,6 +20,9 @@ MHDR_UNCONFIRMED_UP = 0x40
 MHDR_CONFIRMED_UP = 0x80
 _MIN_LENGTH = 12  # MHDR + DevAddr + FCtrl + FCnt + MIC
 _UPLINK = 0
+# B0 and A_i: a 10-byte head (tag, 4 zero bytes, direction, DevAddr), FCnt32, 0x00, and the
+# message length (B0) or the block index (A_i).
+_BLOCK = struct.Struct("<10sIxB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,7 @@ class _DeviceCrypto:
 
     def mic(self, msg: bytes, fcnt: int) -> bytes:
         cmac = self._cmac.copy()
-        cmac.update(self._b0_head + fcnt.to_bytes(4, "little") + bytes((0, len(msg))) + msg)
+        cmac.update(_BLOCK.pack(self._b0_head, fcnt, len(msg)) + msg)
         return cmac.finalize()[:4]
 
     def crypt(self, payload: bytes, fcnt: int, fport: int) -> bytes:
@@ -65,8 +68,10 @@ class _DeviceCrypto:
         if not n:
             return b""
         ecb = self._nwk_ecb if fport == 0 else self._app_ecb
-        head = self._ai_head + fcnt.to_bytes(4, "little") + b"\x00"
-        stream = ecb.update(b"".join(head + bytes((i,)) for i in range(1, (n + 15) // 16 + 1)))
+        if n <= 16:  # sensor payloads: one block, A_1
+            stream = ecb.update(_BLOCK.pack(self._ai_head, fcnt, 1))
+        else:
+            stream = ecb.update(b"".join([_BLOCK.pack(self._ai_head, fcnt, i) for i in range(1, (n + 15) // 16 + 1)]))
         return (int.from_bytes(payload, "little") ^ int.from_bytes(stream[:n], "little")).to_bytes(n, "little")
 
 

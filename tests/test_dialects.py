@@ -36,6 +36,8 @@ def test_rylr_length_cuts_data_that_contains_commas() -> None:
         (f"+RCV=7,{len(HEX) - 2},{HEX},-87,9", "bad_length"),
         ("+RCV=7,3,abc,-87,9", "bad_hex"),
         ("+RCV=7,4,zz00,-87,9", "bad_hex"),
+        ("+RCV=7,6,AB CD ,-87,9", "bad_hex"),  # bytes.fromhex alone would take the spaces
+        ("+RCV=7,4,\u0661\u0662AB,-87,9", "bad_hex"),  # Arabic-Indic digits: not hex either
         ("+RCV=7,4,0000,loud,9", "unrecognized_line"),
         ("+RCV=7", "unrecognized_line"),
         ("+RCV=x,4,0000,-87,9", "unrecognized_line"),
@@ -56,19 +58,19 @@ def test_rak3172_event_and_malformed() -> None:
         with pytest.raises(Rejected) as e:
             Rak3172().on_line(line, 0.0)
         assert e.value.reason == reason
-    assert Rak3172().on_line("+EVT:TXP2P DONE", 0.0).frames == []
+    assert Rak3172().on_line("+EVT:TXP2P DONE", 0.0).frames == ()
 
 
 def test_rn2483_asks_for_signal_then_rearms() -> None:
     d = Rn2483()
     first = d.on_line(f"radio_rx  {HEX}", 2.0)
-    assert (first.frames, first.commands) == ([], ["radio get snr"])
+    assert (first.frames, first.commands) == ((), ("radio get snr",))
     second = d.on_line("-3", 2.1)
-    assert (second.frames, second.commands) == ([], ["radio get rssi"])
+    assert (second.frames, second.commands) == ((), ("radio get rssi",))
     third = d.on_line("-96", 2.2)
     (frame,) = third.frames
     assert (frame.payload, frame.snr, frame.rssi, frame.received_at) == (FRAME, -3.0, -96.0, 2.0)
-    assert third.commands == ["radio rx 0"]
+    assert third.commands == ("radio rx 0",)
 
 
 def test_rn2483_old_firmware_without_rssi() -> None:
@@ -81,7 +83,7 @@ def test_rn2483_old_firmware_without_rssi() -> None:
 
 def test_rn2483_rearms_after_radio_err_and_after_a_lost_reply() -> None:
     d = Rn2483()
-    assert d.on_line("radio_err", 0.0).commands == ["radio rx 0"]
+    assert d.on_line("radio_err", 0.0).commands == ("radio rx 0",)
     d.on_line(f"radio_rx  {HEX}", 10.0)
     assert d.on_idle(10.5) == []
     assert d.on_idle(12.0) == ["radio rx 0"]

@@ -14,6 +14,7 @@ microsecond, more than the arithmetic it would replace; numpy is used where it b
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ _MIN_VAR = _MIN_STD * _MIN_STD
 _WINSOR = 3.0  # past means further than this many sigmas count as this far in the history
 _MIN_CHANGES = 32  # changes of value before runs of identical readings are judged
 _MIN_STUCK = 8  # the shortest run of identical readings that can be "stuck"
+_SLACK = 32  # buffer values past a scale's length: see _Scale
 
 
 class Scorer(Protocol):
@@ -228,6 +230,7 @@ class _Scale:
         "acc",
         "buf",
         "cnt",
+        "end",
         "hcount",
         "hmean",
         "horizon",
@@ -235,7 +238,6 @@ class _Scale:
         "k",
         "length",
         "likelihood",
-        "pos",
         "recent",
         "rpos",
         "rsum",
@@ -246,12 +248,14 @@ class _Scale:
     def __init__(self, k: int, window: int, history: int, cfg: _Tunables) -> None:
         self.k = k
         self.length = window + history
-        # Twice the length: each value is written at i and i + length, so the last `length`
-        # values are always one contiguous slice, values[pos : pos + length]. Written through the
-        # array (a Python float store, several times cheaper than numpy's), read through the view.
-        self.buf = array("d", bytes(16 * self.length))
+        # The last `length` values are always one contiguous slice, values[end - length : end]:
+        # appended after each other, and once the slack past them is used up, the last ones move
+        # to the front (a memmove every _SLACK values). A ring would need two slices per window,
+        # a buffer of twice the length twice the memory. Written through the array (a Python
+        # float store, several times cheaper than numpy's), read through the view.
+        self.buf = array("d", bytes(8 * (self.length + _SLACK)))
         self.values = np.frombuffer(self.buf, dtype=np.float64)
-        self.pos = 0
+        self.end = 0
         self.seen = 0  # block means pushed
         self.acc = 0.0  # sum and count of the block being filled
         self.cnt = 0
@@ -277,24 +281,26 @@ class _Scale:
             x = acc / k
             self.acc = 0.0
             self.cnt = 0
-        p = self.pos
+        end = self.end
         buf = self.buf
-        buf[p] = x
-        buf[p + self.length] = x
-        self.pos = p + 1 if p + 1 < self.length else 0
+        if end == len(buf):
+            keep = self.length - 1
+            buf[:keep] = buf[end - keep : end]
+            end = keep
+        buf[end] = x
+        self.end = end + 1
         self.seen += 1
         return True
 
     def window(self) -> np.ndarray:
         """A copy of all the values there are, up to `length`, oldest first: the window to score
         and its history. A copy, as a later reading in the same batch moves the buffer."""
-        end = self.pos + self.length
+        end = self.end
         return self.values[end - min(self.seen, self.length) : end].copy()
 
     def last_values(self, n: int) -> np.ndarray:
         """The last n values (n <= length), oldest first, as a view."""
-        end = self.pos + self.length
-        return self.values[end - n : end]
+        return self.values[self.end - n : self.end]
 
     def update_likelihood(self, score: float, low_scores: bool) -> float | None:
         """Likelihood that the recent scores are abnormal, given this new score.
@@ -362,8 +368,7 @@ class _Scale:
         values = np.frombuffer(arrays[0], dtype=np.float64)[-self.length :]
         n = len(values)
         self.values[:n] = values
-        self.values[self.length : self.length + n] = values
-        self.pos = n if n < self.length else 0
+        self.end = n
         self.seen, self.acc, self.cnt = h["seen"], h["acc"], h["cnt"]
         if not same_model:
             return  # keep the values; relearn the new model's scores
@@ -555,6 +560,9 @@ class Detector:
         self._devices: dict[str, _Device] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._dirty_devices: set[str] = set()
+        # Effective settings by the overrides that apply (channel, device, device/channel): the
+        # channels that share them share one object (about 1.4 KB each).
+        self._resolved: dict[tuple[str | None, str | None, str | None], _Tunables] = {}
         if store is not None:
             self._load(store)
 
@@ -563,7 +571,13 @@ class Detector:
         return f"{self.scorer.name}@{self.scorer.version}"
 
     def _new_channel(self, device: str, name: str) -> _Channel | None:
-        cfg = self.settings.resolve(device, name)
+        settings = self.settings
+        specific = f"{device}/{name}"
+        key = (name if name in settings.channels else None, device if device in settings.devices else None,
+               specific if specific in settings.channels else None)
+        cfg = self._resolved.get(key)
+        if cfg is None:
+            cfg = self._resolved[key] = settings.resolve(device, name)
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in cfg.ignore):
             return None
         window = cfg.window or self.scorer.window
@@ -743,17 +757,19 @@ class Detector:
         if self.store is None:
             return 0
         label = self.model_label
-        items: dict[str, bytes] = {}
-        for device, name in self._dirty:
-            items[_key(device, name)] = self._devices[device].channels[name].to_blob(label)
-        for device in self._dirty_devices:
-            dev = self._devices[device]
-            items[_key(device)] = json.dumps({"raised": dev.raised, "since": dev.since}).encode()
-        if items:
-            self.store.put_blobs(STATE_NAMESPACE, items)
+        written = len(self._dirty) + len(self._dirty_devices)
+        if written:
+            # Made as SQLite takes them: all of them at once were the daemon's peak memory (about
+            # 4.5 KB a channel, 9 MB for 1,000 devices of two channels).
+            devices = self._devices
+            self.store.put_blobs(STATE_NAMESPACE, itertools.chain(
+                ((_key(d, n), devices[d].channels[n].to_blob(label)) for d, n in self._dirty),
+                ((_key(d), json.dumps({"raised": devices[d].raised, "since": devices[d].since}).encode())
+                 for d in self._dirty_devices),
+            ))
         self._dirty.clear()
         self._dirty_devices.clear()
-        return len(items)
+        return written
 
     def _load(self, store: StateStore) -> None:
         label = self.model_label

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 _SCHEMA = """
@@ -56,12 +56,14 @@ class StateStore:
             cur = self._db.execute("DELETE FROM frame_counters WHERE dev_addr = ?", (dev_addr,))
         return cur.rowcount > 0
 
-    def put_blobs(self, namespace: str, items: dict[str, bytes]) -> None:
-        """Write many values in one transaction."""
+    def put_blobs(self, namespace: str, items: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> None:
+        """Write many values in one transaction; pairs from an iterator are made one at a time as
+        SQLite takes them, so a large write never holds all its values at once."""
+        pairs = items.items() if isinstance(items, Mapping) else items
         self._write_many(
             "INSERT INTO blobs (namespace, key, value) VALUES (?, ?, ?) "
             "ON CONFLICT(namespace, key) DO UPDATE SET value = excluded.value",
-            [(namespace, k, v) for k, v in items.items()],
+            ((namespace, k, v) for k, v in pairs),
         )
 
     def _write_many(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:

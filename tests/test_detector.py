@@ -65,6 +65,15 @@ def test_ring_buffer_keeps_the_last_values_in_order() -> None:
     for x in range(25):
         assert sc.add(float(x))
     assert sc.last_values(10).tolist() == [float(x) for x in range(15, 25)]
+    for x in range(25, 200):  # far past the buffer's slack, which moves the values to its front
+        sc.add(float(x))
+        assert sc.window().tolist() == [float(v) for v in range(x - 9, x + 1)]
+    sc.add(200.0)
+    assert sc.last_values(10).tolist() == [float(x) for x in range(191, 201)]
+    assert sc.last_values(3).tolist() == [198.0, 199.0, 200.0]
+    sc = _Scale(1, window=4, history=6, cfg=cfg)
+    for x in range(25):
+        sc.add(float(x))
     assert sc.last_values(3).tolist() == [22.0, 23.0, 24.0]
     assert sc.seen == 25
     coarse = _Scale(3, window=4, history=6, cfg=cfg)  # block means of 3 readings
@@ -251,6 +260,17 @@ def test_settings_overrides_and_errors() -> None:
     assert s.resolve("pump", "current_1").raise_threshold == 0.7  # device beats channel name
     assert s.resolve("pump", "current_1").min_duration == 3  # device/channel beats both
     assert s.resolve("pump", "temperature_1").warmup == 10
+    det = Detector(StubScorer(), s)
+    det.observe([reading({"current_1": 1.0, "temperature_1": 2.0, "voltage_2": 3.0}, 0.0, device)
+                 for device in ("a", "b", "pump")])
+    a, b, pump = (det._devices[d].channels for d in ("a", "b", "pump"))
+    # Channels under the same overrides share one settings object, and get what resolve() gives.
+    assert a["temperature_1"].cfg is a["voltage_2"].cfg is b["temperature_1"].cfg
+    assert a["current_1"].cfg is b["current_1"].cfg is not a["temperature_1"].cfg
+    assert pump["temperature_1"].cfg is pump["voltage_2"].cfg is not pump["current_1"].cfg
+    for device, channels in (("a", a), ("pump", pump)):
+        for name, ch in channels.items():
+            assert ch.cfg == s.resolve(device, name)
     with pytest.raises(ValidationError, match="clear_threshold"):
         DetectorSettings(raise_threshold=0.3, clear_threshold=0.4)
     with pytest.raises(ValidationError, match="devices.pump"):
@@ -314,6 +334,22 @@ def test_raised_alert_survives_a_restart(tmp_path: Path) -> None:
     outs2 = run(det2, series(200, seed=5), start=510)
     cleared = [o.transition for o in outs2 if o.transition]
     assert [t.state for t in cleared] == ["cleared"] and cleared[0].id == next(o.transition for o in outs if o.transition).id
+
+
+def test_a_flush_is_one_transaction_even_when_made_as_it_goes(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    det = Detector(StubScorer(), DetectorSettings(**FAST), store)
+    for device in ("a", "b", "c"):
+        run(det, series(50), device=device)
+    assert det.flush() == 3
+    run(det, series(10), start=50, device="a")
+    run(det, series(10), start=50, device="b")
+    det._dirty_devices.add("gone")  # its record comes after the channels' and fails
+    with pytest.raises(KeyError):
+        det.flush()
+    # Nothing of the failed flush is on disk: channels a and b still have the 50 readings of the first.
+    again = Detector(StubScorer(), DetectorSettings(**FAST), store)
+    assert [again._devices[d].channels["temperature_1"].seen for d in "abc"] == [50, 50, 50]
 
 
 def test_a_damaged_record_costs_only_that_channel(tmp_path: Path) -> None:

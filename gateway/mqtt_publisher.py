@@ -1,9 +1,10 @@
 """MQTT side of the gateway: bridge state with last will, info, per-device state, events, alerts.
 
 Alerts go through the outbox (committed before publishing, deleted once acknowledged).
-Telemetry waits in a bounded queue while the broker is away, oldest dropped first and
-counted. After every (re)connect the bridge state, info, each device's last state and the
-waiting messages are published again.
+Telemetry waits in a bounded queue while the broker is away or behind, oldest dropped first
+and counted: paho holds at most WINDOW unacknowledged messages of each kind, so a hung broker
+never grows the process. After every (re)connect the bridge state, info, each device's last
+state and the waiting messages are published again.
 
 Only the daemon's thread publishes (`service()` does the reconnect work): paho calls its
 callbacks with its own locks held, so a callback that waited for ours could deadlock.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -26,9 +28,24 @@ from gateway.telemetry import to_json
 
 log = logging.getLogger(__name__)
 
+# Telemetry, and alerts, that paho holds unacknowledged, at most. Far above what the broker's
+# round trip needs (1,000 in flight carry 20,000 messages/s over a 50 ms link), and well below
+# paho's 65,535 message ids, past which it refuses messages. Beyond it, telemetry waits in the
+# bounded queue, as when the broker is away, and alerts in the outbox.
+WINDOW = 1000
 
 ONLINE = to_json({"state": "online"})
 OFFLINE = to_json({"state": "offline"})
+
+
+def _published(info: mqtt.MQTTMessageInfo) -> bool | None:
+    """True once the broker has it (QoS 0: once written), False while it is on its way, None when
+    paho refused it. A message handed to paho just after its socket went down is refused so, and
+    is_published() raises for it ever after, even once paho has sent it on the next connection."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return None
 
 
 class MqttPublisher:
@@ -49,7 +66,10 @@ class MqttPublisher:
         self._dropped_unreported = 0
         self._last_state: dict[str, str] = {}  # topic -> payload, republished on reconnect
         self._inflight: dict[int, mqtt.MQTTMessageInfo] = {}  # outbox id -> paho's handle
-        self._last_sent: mqtt.MQTTMessageInfo | None = None  # see drain()
+        self._last_sent: dict[int, mqtt.MQTTMessageInfo] = {}  # by QoS: see drain()
+        self._window: deque[mqtt.MQTTMessageInfo] = deque()  # QoS 1 telemetry not yet acknowledged
+        self._republish: deque[str] = deque()  # retained topics still to send again after a reconnect
+        self._outbox_after: int | None = None  # alerts after this outbox id still to send; None: all sent
         protocol = MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -98,61 +118,84 @@ class MqttPublisher:
             log.warning("lost the broker %s:%d (%s); reconnecting", self.cfg.host, self.cfg.port, reason)
 
     def service(self) -> None:
-        """Call often from the publishing thread: catches up after a (re)connect, retires acknowledged alerts."""
+        """Call often from the publishing thread: catches up after a (re)connect, hands paho what
+        waits as the window allows, retires acknowledged alerts."""
         for message_id, info in list(self._inflight.items()):
-            if info.is_published():
+            done = _published(info)
+            if done is not False:
                 del self._inflight[message_id]
-                self.outbox.remove(message_id)
+                if done:
+                    self.outbox.remove(message_id)
+                # else it stays in the outbox, and goes again once the broker is back
+        window = self._window
+        while window and _published(window[0]) is not False:  # acknowledged in order (MQTT 3.1.1, 4.6)
+            window.popleft()
         if not self._session_up.is_set():
             self.connected.clear()
             return
-        if self.connected.is_set():
-            return
-        publish = self._send
-        publish(self.topic("bridge/state"), ONLINE, qos=1, retain=True)
-        publish(self.topic("bridge/info"), to_json(self._info), qos=1, retain=True)
-        for topic, payload in self._last_state.items():
-            publish(topic, payload, qos=1, retain=True)
-        while self._telemetry:
-            publish(*self._telemetry.popleft())
-        if self._dropped_unreported:
-            publish(self.topic("bridge/event"), to_json({
+        if not self.connected.is_set():
+            self._send(self.topic("bridge/state"), ONLINE, qos=1, retain=True)
+            self._send(self.topic("bridge/info"), to_json(self._info), qos=1, retain=True)
+            self._republish.extend(self._last_state)  # topics: each goes with its newest payload
+            self._outbox_after = 0  # every alert in the outbox goes again, oldest first
+            self.connected.set()
+        while self._outbox_after is not None and len(self._inflight) < WINDOW:
+            room = WINDOW - len(self._inflight)
+            pending = self.outbox.pending(limit=room, after_id=self._outbox_after)
+            for message in pending:
+                if message.id not in self._inflight:  # one paho still holds is resent by paho itself
+                    self._send_outbox(message)
+            self._outbox_after = pending[-1].id if len(pending) == room else None
+        republish, queued = self._republish, self._telemetry
+        while republish and len(window) < WINDOW:
+            topic = republish.popleft()
+            window.append(self._send(topic, self._last_state[topic], 1, True))
+        while queued and not republish and len(window) < WINDOW:
+            self._send_windowed(*queued.popleft())
+        if self._dropped_unreported and not queued:  # said after what was kept of the queue
+            self._send(self.topic("bridge/event"), to_json({
                 "type": "telemetry_dropped", "count": self._dropped_unreported, "total": self.telemetry_dropped,
-                "detail": f"queue of {self._telemetry_cap} full while the broker was away"}))
+                "detail": f"queue of {self._telemetry_cap} full while the broker was away or behind"}))
             self._dropped_unreported = 0
-        # Alerts paho still holds in flight are resent by paho itself.
-        for message in self.outbox.pending(limit=self.outbox.cap):
-            if message.id not in self._inflight:
-                self._send_outbox(message)
-        self.connected.set()
 
     def _send_outbox(self, message: OutboxMessage) -> None:
         self._inflight[message.id] = self._send(message.topic, message.payload, message.qos, message.retain)
 
     def _send(self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        self._last_sent = info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        self._last_sent[qos] = info = self.client.publish(topic, payload, qos=qos, retain=retain)
         return info
 
-    def drain(self, timeout_s: float) -> bool:
-        """Wait until the broker has acknowledged every message so far; False on timeout or while it is away.
+    def _send_windowed(self, topic: str, payload: str, qos: int, retain: bool) -> None:
+        info = self._send(topic, payload, qos, retain)
+        if qos:  # QoS 0 is never acknowledged, and one lost with the connection would block the window
+            self._window.append(info)
 
-        Waiting for the last one is enough: a broker acknowledges QoS 1 messages in the order it
-        received them (MQTT 3.1.1, 4.6), and paho sends in the order of the publish calls.
+    def drain(self, timeout_s: float) -> bool:
+        """Hand paho what waits and wait until the broker has acknowledged everything; False on
+        timeout or while the broker is away. Call from the publishing thread.
+
+        Waiting for the last of each QoS is enough: a broker acknowledges QoS 1 messages in the
+        order it received them (MQTT 3.1.1, 4.6), paho sends in the order of the publish calls, and
+        a QoS 0 message counts as done once written.
         """
-        if self._telemetry:
-            return False  # queued while the broker is away: nothing to wait for before it is back
-        info = self._last_sent
-        if info is None:
-            return True
-        try:
-            info.wait_for_publish(timeout_s)
-        except (RuntimeError, ValueError):  # paho: not connected, or the message was refused
-            return False
-        return info.is_published()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.service()
+            backlog = self._telemetry or self._republish or self._dropped_unreported or self._outbox_after is not None
+            last = [_published(info) for info in self._last_sent.values()]
+            if not backlog and all(last):
+                return True
+            # A last message paho refused (None) cannot be confirmed any more.
+            if not self.connected.is_set() or time.monotonic() >= deadline or (not backlog and None in last):
+                return False
+            time.sleep(0.001)
 
     def _publish_or_queue(self, topic: str, payload: str, qos: int, retain: bool) -> None:
-        if self.connected.is_set():
-            self._send(topic, payload, qos, retain)
+        # Straight to paho while the broker keeps up; behind what already waits otherwise, so that
+        # order holds and paho (about 1.5 KB a message it holds) never buffers without bound.
+        if (self.connected.is_set() and len(self._window) < WINDOW and not self._telemetry
+                and not self._republish):
+            self._send_windowed(topic, payload, qos, retain)
             return
         if len(self._telemetry) >= self._telemetry_cap:
             self._telemetry.popleft()
@@ -165,8 +208,11 @@ class MqttPublisher:
         message, dropped = self.outbox.add(self.topic(f"{device}/alert"), to_json(alert).encode(), qos=1)
         if dropped:
             log.error("alert outbox full (%d): dropped the %d oldest alert(s)", self.outbox.cap, dropped)
-        if self.connected.is_set():
-            self._send_outbox(message)
+        if self.connected.is_set() and self._outbox_after is None:
+            if len(self._inflight) < WINDOW:
+                self._send_outbox(message)
+            else:  # after the ones in flight, in order: service() sends it
+                self._outbox_after = message.id - 1
         return dropped
 
     def publish_info(self, info: dict[str, Any]) -> None:
@@ -195,9 +241,10 @@ class MqttPublisher:
         self._publish_or_queue(self.topic("bridge/event"), to_json(event), 0, False)
 
     def stop(self, timeout_s: float = 3.0) -> None:
-        """Say offline ourselves (the will only fires on an unclean loss), then disconnect."""
-        if self.connected.is_set():
+        """Send what waits, say offline ourselves (the will only fires on an unclean loss), disconnect."""
+        deadline = time.monotonic() + timeout_s
+        if self.drain(timeout_s):
             self._send(self.topic("bridge/state"), OFFLINE, qos=1, retain=True)
-            self.drain(timeout_s)
+            self.drain(max(0.0, deadline - time.monotonic()))
         self.client.disconnect()
         self.client.loop_stop()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
+from gateway import mqtt_publisher
 from gateway.config import MqttConfig
 from gateway.mqtt_publisher import MqttPublisher
 from gateway.outbox import Outbox
@@ -137,4 +140,87 @@ def test_publishes_over_mqtt_3_and_5(tmp_path: Path, broker, recorder_factory, p
     assert publisher.drain(30)
     recorder.wait_for(lambda m: len(m) == 200)
     assert [b["fcnt"] for b in recorder.payloads("lora-gateway/pump")] == list(range(200))
+    publisher.stop()
+
+
+def test_a_hung_broker_never_grows_what_paho_holds(tmp_path: Path, broker, recorder_factory,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker stops reading with the connection up (no disconnect for 1.5 keepalives): paho
+    holds at most WINDOW messages, the queue keeps the newest, and every drop is counted."""
+    monkeypatch.setattr(mqtt_publisher, "WINDOW", 50)
+    recorder = recorder_factory(broker.port, ["lora-gateway/pump"])
+    # Its own subscriber: mosquitto drops a QoS 0 event for one whose window of 20 is busy with telemetry.
+    events = recorder_factory(broker.port, ["lora-gateway/bridge/event"])
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "t", {}, Outbox(tmp_path / "s.db"), telemetry_queue=200)
+    publisher.start()
+    _wait(publisher.connected.is_set, publisher)
+    assert publisher.drain(10)
+    os.kill(broker.proc.pid, signal.SIGSTOP)
+    stat = Path(f"/proc/{broker.proc.pid}/stat")
+    deadline = time.monotonic() + 10
+    while stat.read_text().rpartition(")")[2].split()[0] != "T":  # stopped for certain, acknowledging nothing
+        assert time.monotonic() < deadline, "mosquitto did not stop"
+        time.sleep(0.01)
+    try:
+        for i in range(1000):
+            publisher.publish_state("pump", telemetry_payload(Reading("pump", {"current_3": i / 8}, i, -80.0, 5.0, i)))
+            publisher.service()
+        assert publisher.client.is_connected()  # still up: only the window and the queue hold messages
+        assert not publisher.drain(0.2)
+        assert publisher.telemetry_dropped == 1000 - 50 - 200
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    assert publisher.drain(30)
+    fcnts = lambda: [b["fcnt"] for b in recorder.payloads("lora-gateway/pump")]  # noqa: E731
+    recorder.wait_for(lambda m: len(fcnts()) >= 250)
+    assert fcnts() == [*range(50), *range(800, 1000)]  # the first window, then the newest 200, in order
+    (event,) = [json.loads(p) for _, p, _ in events.wait_for(lambda m: m)]
+    assert (event["type"], event["count"], event["total"]) == ("telemetry_dropped", 750, 750)
+    publisher.stop()
+
+
+def test_more_alerts_waiting_than_the_window_all_go_in_order(tmp_path: Path, broker, recorder_factory,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mqtt_publisher, "WINDOW", 20)
+    outbox = Outbox(tmp_path / "s.db")
+    for i in range(150):  # committed while no broker was there
+        outbox.add("lora-gateway/pump/alert", json.dumps(_alert(i)).encode())
+    recorder = recorder_factory(broker.port, ["lora-gateway/+/alert"])
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "t", {}, outbox)
+    publisher.start()
+    _wait(publisher.connected.is_set, publisher)
+    assert len(publisher._inflight) <= 20
+    for i in range(150, 160):  # new ones queue behind those still waiting
+        publisher.publish_alert("pump", _alert(i))
+    _wait(lambda: len(publisher.outbox) == 0, publisher)
+    recorder.wait_for(lambda m: len(m) >= 160)
+    assert [json.loads(p)["id"] for _, p, _ in recorder.messages] == [f"pump-{i}" for i in range(160)]
+    publisher.stop()
+
+
+def test_messages_handed_to_paho_as_its_socket_went_down(tmp_path: Path, broker, recorder_factory) -> None:
+    """Between paho losing the broker and the next service(), paho refuses messages (its
+    is_published() raises for them ever after): nothing may crash, block the window or lose an alert."""
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "t", {}, Outbox(tmp_path / "s.db"))
+    publisher.start()
+    _wait(publisher.connected.is_set, publisher)
+    broker.stop()
+    deadline = time.monotonic() + 20
+    while publisher.client.is_connected():  # paho's thread sees the loss; service() is not called
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert publisher.connected.is_set()
+    publisher.publish_state("pump", telemetry_payload(Reading("pump", {"current_3": 1.0}, 1, -80.0, 5.0, 1)))
+    publisher.publish_alert("pump", _alert(1))
+    publisher.service()
+    assert not publisher.connected.is_set() and len(publisher.outbox) == 1
+    assert not publisher.drain(0.2)
+    broker.start()
+    recorder = recorder_factory(broker.port, ["lora-gateway/#"])
+    _wait(lambda: len(publisher.outbox) == 0, publisher)  # the alert went once the broker was back
+    for i in range(2, 5):
+        publisher.publish_state("pump", telemetry_payload(Reading("pump", {"current_3": 1.0}, i, -80.0, 5.0, i)))
+    assert publisher.drain(10)
+    recorder.wait_for(lambda m: any(t == "lora-gateway/pump/alert" for t, _, _ in m)
+                      and 4 in {b["fcnt"] for b in recorder.payloads("lora-gateway/pump")})
     publisher.stop()

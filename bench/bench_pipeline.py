@@ -228,18 +228,19 @@ def main() -> int:
         lines_file.write_text("\n".join(x.hex() for x in record_lines(devices_file, frames)))
         print(f"{results['machine']}; {frames} pre-recorded frames from {devices_n} devices", flush=True)
 
-        def median_of(kind: str, repeats: int, key: str, **kw: Any) -> dict[str, Any]:
-            runs = [run_child(kind, lines=lines_file, devices=devices_file, broker=broker.port, **kw)
-                    for _ in range(repeats)]
-            best = sorted(runs, key=lambda r: r[key])[len(runs) // 2]
-            best["runs"] = [round(r[key], 1) for r in runs]
-            return best
-
         if "throughput" in sections:
-            naive_m = median_of("naive", args.repeats, "fps")
-            ours = median_of("gateway", args.repeats, "fps")
-            paho = median_of("paho", args.repeats, "us_per_message", messages=frames)
-            runtime = median_of("runtime", args.repeats, "rss_mb")
+            # Interleaved, so that a change in the machine's load between runs hits every variant alike.
+            variants = {"naive": ("fps", {}), "gateway": ("fps", {}), "paho": ("us_per_message", {"messages": frames}),
+                        "runtime": ("rss_mb", {})}
+            runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in variants}
+            for _ in range(args.repeats):
+                for kind, (_, kw) in variants.items():
+                    runs[kind].append(run_child(kind, lines=lines_file, devices=devices_file, broker=broker.port, **kw))
+            median: dict[str, dict[str, Any]] = {}
+            for kind, (key, _) in variants.items():
+                median[kind] = sorted(runs[kind], key=lambda r, key=key: r[key])[len(runs[kind]) // 2]
+                median[kind]["runs"] = [round(r[key], 1) for r in runs[kind]]
+            naive_m, ours, paho, runtime = (median[kind] for kind in variants)
             results["throughput"] = {"gateway": ours, "naive": naive_m, "paho_floor": paho, "runtime_floor": runtime}
             paho_rate = 1e6 / paho["us_per_message"]
             table("Throughput, pre-recorded lines, one core (median of runs), each timed until the broker "

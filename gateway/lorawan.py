@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
 from gateway.records import RadioFrame, Rejected, Uplink
@@ -51,7 +51,7 @@ class _DeviceCrypto:
         self._cmac = CMAC(algorithms.AES(keys.nwk_skey))
         # ECB encryptors are stateless between blocks, so one context serves every frame.
         self._app_ecb = Cipher(algorithms.AES(keys.app_skey), modes.ECB()).encryptor()
-        self._nwk_ecb = Cipher(algorithms.AES(keys.nwk_skey), modes.ECB()).encryptor()
+        self._nwk_ecb: CipherContext | None = None  # FPort 0 (MAC commands) only: made at first use, 1 KB
         addr = keys.dev_addr.to_bytes(4, "little")
         # B0 and A_i differ per frame only in FCnt, length and block index.
         self._b0_head = bytes([0x49, 0, 0, 0, 0, _UPLINK]) + addr
@@ -67,7 +67,10 @@ class _DeviceCrypto:
         n = len(payload)
         if not n:
             return b""
-        ecb = self._nwk_ecb if fport == 0 else self._app_ecb
+        ecb = self._app_ecb
+        if fport == 0:
+            ecb = self._nwk_ecb or Cipher(algorithms.AES(self.keys.nwk_skey), modes.ECB()).encryptor()
+            self._nwk_ecb = ecb
         if n <= 16:  # sensor payloads: one block, A_1
             stream = ecb.update(_BLOCK.pack(self._ai_head, fcnt, 1))
         else:

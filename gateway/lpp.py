@@ -36,7 +36,10 @@ class LppType:
     mults: tuple[int, ...]  # per field: raw = value * mult
     lows: tuple[int, ...]  # per field: raw range, checked by encode
     highs: tuple[int, ...]
-    names: tuple[tuple[str, ...], ...]  # [channel] -> one value name per field
+    suffixes: tuple[str, ...]  # one per field
+    # channel -> one value name per field, made at first sight: all 256 channels of every type
+    # up front are 15,000 strings, 1.3 MB, of which a fleet uses a handful.
+    names: dict[int, tuple[str, ...]]
 
 
 def _lpp_type(type_id: int, name: str, code: str, mult: int | tuple[int, ...],
@@ -57,8 +60,8 @@ def _lpp_type(type_id: int, name: str, code: str, mult: int | tuple[int, ...],
         mults=mults,
         lows=(low,) * n,
         highs=(high,) * n,
-        # Built once for every channel so decode never formats a string.
-        names=tuple(tuple(f"{name}_{ch}{s}" for s in suffixes) for ch in range(256)),
+        suffixes=suffixes,
+        names={},
     )
 
 
@@ -123,7 +126,10 @@ def decode(payload: bytes) -> dict[str, float]:
         # Division is correctly rounded, so r / mult is already the float nearest the decimal
         # value at the type's resolution (272 / 10 == 27.2): the same as round(r / mult, 1) and
         # cheaper, where r * 0.1 would give 27.200000000000003.
-        for name, r, mult in zip(t.names[channel], raw, t.mults):
+        names = t.names.get(channel)
+        if names is None:
+            names = t.names[channel] = tuple(f"{t.name}_{channel}{s}" for s in t.suffixes)
+        for name, r, mult in zip(names, raw, t.mults):
             out[name] = r / mult
     return out
 

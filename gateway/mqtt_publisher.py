@@ -88,12 +88,6 @@ class MqttPublisher:
             )
             self.client.tls_insecure_set(cfg.tls.insecure)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
-        if protocol == MQTTProtocolVersion.MQTTv311:
-            # No client-side window: with paho's default of 20, each acknowledgement walks the waiting
-            # messages to release the next (about a tenth of paho's time per message). An MQTT 5 broker
-            # may disconnect a client that exceeds its Receive Maximum, which paho cannot adopt once
-            # connected: there paho's 20 stays (mosquitto and EMQX allow 20 or more).
-            self.client.max_inflight_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
 

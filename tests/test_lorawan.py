@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,6 +52,19 @@ def test_round_trip(store: StateStore, fcnt: int, payload: bytes) -> None:
     decoder = UplinkDecoder([OTHER], store)
     uplink = decoder.decode(frame(build_uplink(OTHER, fcnt, 2, payload, confirmed=True)))
     assert (uplink.payload, uplink.fcnt, uplink.confirmed) == (payload, fcnt, True)
+
+
+def test_fport_0_payload_is_encrypted_with_the_nwkskey(store: StateStore) -> None:
+    """MAC commands in FRMPayload (FPort 0): the keystream comes from the NwkSKey (LoRaWAN 1.0.x
+    section 4.3.3), here computed apart from the gateway's code: AES-ECB of A_1 by the key."""
+    commands = bytes.fromhex("0203")  # LinkCheckReq, DutyCycleAns
+    a1 = bytes([1, 0, 0, 0, 0, 0]) + OTHER.dev_addr.to_bytes(4, "little") + (9).to_bytes(4, "little") + b"\x00\x01"
+    stream = Cipher(algorithms.AES(OTHER.nwk_skey), modes.ECB()).encryptor().update(a1)
+    header = bytes([0x40]) + OTHER.dev_addr.to_bytes(4, "little") + b"\x00" + (9).to_bytes(2, "little") + b"\x00"
+    msg = header + bytes(a ^ b for a, b in zip(commands, stream))
+    uplink = UplinkDecoder([OTHER], store).decode(frame(msg + _DeviceCrypto(OTHER).mic(msg, 9)))
+    assert (uplink.fport, uplink.payload) == (0, commands)
+    assert build_uplink(OTHER, 9, 0, commands) == msg + _DeviceCrypto(OTHER).mic(msg, 9)
 
 
 def test_frame_without_fport_is_authenticated_but_empty(store: StateStore) -> None:

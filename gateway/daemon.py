@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -76,12 +77,13 @@ class Daemon:
             "device_count": len(devices),
             "model": self._model_info(scorer),
         }
-        self.publisher = MqttPublisher(
-            cfg.mqtt, cfg.gateway_id, self.info, Outbox(cfg.state_path, cfg.mqtt.outbox_cap), cfg.mqtt.telemetry_queue
-        )
-        self.availability = AvailabilityTracker({name: entry.period_s for name, entry in devices.items()})
         self.discovery = Discovery(cfg.gateway_id, cfg.mqtt.base_topic, cfg.mqtt.discovery_prefix, __version__)
         self._channels: dict[str, frozenset[str]] = {}  # device -> channels announced to Home Assistant
+        self.publisher = MqttPublisher(
+            cfg.mqtt, cfg.gateway_id, self.info, Outbox(cfg.state_path, cfg.mqtt.outbox_cap), cfg.mqtt.telemetry_queue,
+            announcements=self._discovery_configs,
+        )
+        self.availability = AvailabilityTracker({name: entry.period_s for name, entry in devices.items()})
         self.devices_seen = DeviceTable()
         self.history = History(cfg.state_path, cfg.history.retention_days * 86400)
         self._started_at = time.time()
@@ -125,8 +127,7 @@ class Daemon:
             log.info("%s ready", self.link.describe())
         else:
             self.chirpstack.start()
-        self.publisher.start()
-        self.publisher.publish_discovery(self.discovery.bridge())
+        self.publisher.start()  # the bridge's discovery goes with every connect (_discovery_configs)
         self.health.start()
         if self.metrics is not None:
             self.metrics.serve(self.cfg.metrics.port or 0, self.cfg.metrics.address)
@@ -155,6 +156,12 @@ class Daemon:
             self.store.close()
             log.info("stopped")
         return 0
+
+    def _discovery_configs(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Home Assistant discovery of the bridge and of every device heard, for each (re)connect."""
+        yield from self.discovery.bridge()
+        for device, channels in list(self._channels.items()):
+            yield from self.discovery.device(device, channels)
 
     def _status(self) -> str:
         rejected = sum(self.pipeline.rejections.counts.values())

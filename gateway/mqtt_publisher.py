@@ -12,11 +12,13 @@ callbacks with its own locks held, so a callback that waited for ours could dead
 
 from __future__ import annotations
 
+import itertools
 import logging
 import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -52,9 +54,18 @@ class MqttPublisher:
     """Owns the paho client; paho's network loop runs in its own thread, publishing in the caller's."""
 
     def __init__(
-        self, cfg: MqttConfig, gateway_id: str, info: dict[str, Any], outbox: Outbox, telemetry_queue: int = 10_000
+        self,
+        cfg: MqttConfig,
+        gateway_id: str,
+        info: dict[str, Any],
+        outbox: Outbox,
+        telemetry_queue: int = 10_000,
+        announcements: Callable[[], Iterable[tuple[str, dict[str, Any]]]] = lambda: (),
     ) -> None:
+        """`announcements`: retained messages made afresh for every (re)connect instead of kept
+        (Home Assistant discovery: about 4 KB a device)."""
         self.cfg = cfg
+        self._announcements = announcements
         self.base = cfg.base_topic
         self._info = info
         self.outbox = outbox
@@ -68,7 +79,9 @@ class MqttPublisher:
         self._inflight: dict[int, mqtt.MQTTMessageInfo] = {}  # outbox id -> paho's handle
         self._last_sent: dict[int, mqtt.MQTTMessageInfo] = {}  # by QoS: see drain()
         self._window: deque[mqtt.MQTTMessageInfo] = deque()  # QoS 1 telemetry not yet acknowledged
-        self._republish: deque[str] = deque()  # retained topics still to send again after a reconnect
+        # What is still to be sent again after a reconnect: (topic, payload), or (topic, None) for a
+        # topic of _last_state, sent with its newest payload. None once all went.
+        self._republish: Iterator[tuple[str, str | None]] | None = None
         self._outbox_after: int | None = None  # alerts after this outbox id still to send; None: all sent
         protocol = MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
         self.client = mqtt.Client(
@@ -130,7 +143,10 @@ class MqttPublisher:
         if not self.connected.is_set():
             self._send(self.topic("bridge/state"), ONLINE, qos=1, retain=True)
             self._send(self.topic("bridge/info"), to_json(self._info), qos=1, retain=True)
-            self._republish.extend(self._last_state)  # topics: each goes with its newest payload
+            self._republish = itertools.chain(
+                ((topic, None) for topic in list(self._last_state)),
+                ((topic, to_json(payload)) for topic, payload in self._announcements()),
+            )
             self._outbox_after = 0  # every alert in the outbox goes again, oldest first
             self.connected.set()
         while self._outbox_after is not None and len(self._inflight) < WINDOW:
@@ -140,11 +156,15 @@ class MqttPublisher:
                 if message.id not in self._inflight:  # one paho still holds is resent by paho itself
                     self._send_outbox(message)
             self._outbox_after = pending[-1].id if len(pending) == room else None
-        republish, queued = self._republish, self._telemetry
-        while republish and len(window) < WINDOW:
-            topic = republish.popleft()
-            window.append(self._send(topic, self._last_state[topic], 1, True))
-        while queued and not republish and len(window) < WINDOW:
+        while self._republish is not None and len(window) < WINDOW:
+            item = next(self._republish, None)
+            if item is None:
+                self._republish = None
+                break
+            topic, payload = item
+            window.append(self._send(topic, self._last_state[topic] if payload is None else payload, 1, True))
+        queued = self._telemetry
+        while queued and self._republish is None and len(window) < WINDOW:
             self._send_windowed(*queued.popleft())
         if self._dropped_unreported and not queued:  # said after what was kept of the queue
             self._send(self.topic("bridge/event"), to_json({
@@ -175,7 +195,8 @@ class MqttPublisher:
         deadline = time.monotonic() + timeout_s
         while True:
             self.service()
-            backlog = self._telemetry or self._republish or self._dropped_unreported or self._outbox_after is not None
+            backlog = (self._telemetry or self._republish is not None or self._dropped_unreported
+                       or self._outbox_after is not None)
             last = [_published(info) for info in self._last_sent.values()]
             if not backlog and all(last):
                 return True
@@ -188,7 +209,7 @@ class MqttPublisher:
         # Straight to paho while the broker keeps up; behind what already waits otherwise, so that
         # order holds and paho (about 1.5 KB a message it holds) never buffers without bound.
         if (self.connected.is_set() and len(self._window) < WINDOW and not self._telemetry
-                and not self._republish):
+                and self._republish is None):
             self._send_windowed(topic, payload, qos, retain)
             return
         if len(self._telemetry) >= self._telemetry_cap:
@@ -227,9 +248,9 @@ class MqttPublisher:
         self._publish_or_queue(topic, payload, 1, True)
 
     def publish_discovery(self, configs: list[tuple[str, dict[str, Any]]]) -> None:
-        """Home Assistant discovery configs: retained, and published again after every reconnect."""
+        """Home Assistant discovery configs, retained; after a reconnect `announcements` has them."""
         for topic, payload in configs:
-            self._retain(topic, to_json(payload))
+            self._publish_or_queue(topic, to_json(payload), 1, True)
 
     def publish_event(self, event: dict[str, Any]) -> None:
         self._publish_or_queue(self.topic("bridge/event"), to_json(event), 0, False)

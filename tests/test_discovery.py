@@ -15,7 +15,7 @@ import pytest
 from firmware_sim.simulation import Simulation
 from gateway.discovery import Discovery, channel_kind
 
-from .conftest import write_config
+from .conftest import Broker, write_config
 
 CHANNELS = [
     "temperature_1", "relative_humidity_2", "analog_input_3", "accelerometer_6_x", "accelerometer_6_y",
@@ -202,3 +202,31 @@ def test_the_running_gateway_announces_its_devices(tmp_path: Path, broker, recor
     states["lora-gateway/bridge/state"] = json.dumps({"state": "online"})
     if _ha_python() is not None:
         assert _ha_check({"prefix": "homeassistant", "configs": configs, "states": states}) == []
+
+
+def test_a_broker_that_forgot_everything_gets_the_discovery_again(tmp_path: Path, recorder_factory, gateways,
+                                                                  devices_file) -> None:
+    """The configs are not kept as messages but made afresh for each connect: a broker restarted
+    without persistence (its retained messages gone) has every device's configs again."""
+    broker = Broker(tmp_path)
+    broker.config.write_text(broker.config.read_text().replace("persistence true", "persistence false"))
+    broker.start()
+    try:
+        with Simulation("rylr", devices_file, period_s=0.3, seed=5) as sim:
+            config = write_config(tmp_path / "config.toml", port=sim.port, dialect="rylr", mqtt_port=broker.port,
+                                  devices_file=devices_file, state_path=tmp_path / "state.db")
+            gateway = gateways(config).start()
+            recorder = recorder_factory(broker.port, ["homeassistant/#"])
+            recorder.wait_for(lambda m: {t.split("/")[2] for t, _, _ in m if t.endswith("/alert/config")}
+                              == {"test_pump-house", "test_cold-room"})
+            before = {t: json.loads(p) for t, p, _ in recorder.messages}
+            broker.stop()
+            broker.start()
+            again = recorder_factory(broker.port, ["homeassistant/#"])
+            again.wait_for(lambda m: {t for t, _, _ in m} >= set(before))  # sent again after the reconnect
+            late = recorder_factory(broker.port, ["homeassistant/#"])
+            late.wait_for(lambda m: {t for t, _, retained in m if retained} >= set(before))
+            assert {t: json.loads(p) for t, p, _ in late.messages if t in before} == before
+            assert gateway.stop() == 0, gateway.output()
+    finally:
+        broker.stop()

@@ -5,6 +5,7 @@ RSS they report is theirs, not the benchmark's."""
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -45,6 +46,8 @@ def child_gateway(args: argparse.Namespace) -> dict[str, Any]:
     while not publisher.connected.is_set():
         publisher.service()
         time.sleep(0.01)
+    gc.collect()  # as Daemon.run does before READY=1
+    gc.freeze()
     batch = args.batch
     start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(lines), batch):

@@ -60,7 +60,7 @@ class MqttConfig(_Section):
     tls: TlsConfig | None = Field(None, description="Enable TLS with this table.")
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix.")
     telemetry_queue: int = Field(
-        10_000, ge=1, description="Telemetry messages kept while the broker is away; the oldest goes first."
+        10_000, ge=1, description="Telemetry messages kept while the broker is away or behind; the oldest goes first."
     )
     outbox_cap: int = Field(
         100_000, ge=1, description="Alerts kept on disk until acknowledged; past it the oldest is dropped and reported."

@@ -41,6 +41,13 @@ from gateway.lorawan import build_uplink  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 SECTIONS = ("throughput", "latency", "daemon", "scaling")
+STAGES = {
+    "pipeline": "line -> reading: dialect, MIC, decryption, LPP, frame counters committed",
+    "detector": "detector: buffers, normalization, one int8 ONNX call a batch, likelihood, alert state",
+    "payload": "state payload JSON",
+    "history": "history: one SQLite insert a batch",
+    "mqtt": "MQTT: paho publishing, both threads, until acknowledged",
+}
 
 
 # ---------------------------------------------------------------- shared set-up
@@ -231,7 +238,7 @@ def main() -> int:
         if "throughput" in sections:
             # Interleaved, so that a change in the machine's load between runs hits every variant alike.
             variants = {"naive": ("fps", {}), "gateway": ("fps", {}), "paho": ("us_per_message", {"messages": frames}),
-                        "runtime": ("rss_mb", {})}
+                        "runtime": ("rss_mb", {}), "stages": ("frames", {})}
             runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in variants}
             for _ in range(args.repeats):
                 for kind, (_, kw) in variants.items():
@@ -240,8 +247,10 @@ def main() -> int:
             for kind, (key, _) in variants.items():
                 median[kind] = sorted(runs[kind], key=lambda r, key=key: r[key])[len(runs[kind]) // 2]
                 median[kind]["runs"] = [round(r[key], 1) for r in runs[kind]]
-            naive_m, ours, paho, runtime = (median[kind] for kind in variants)
-            results["throughput"] = {"gateway": ours, "naive": naive_m, "paho_floor": paho, "runtime_floor": runtime}
+            naive_m, ours, paho, runtime = (median[kind] for kind in ("naive", "gateway", "paho", "runtime"))
+            stages = {name: statistics.median(r[name] for r in runs["stages"]) for name in STAGES}
+            results["throughput"] = {"gateway": ours, "naive": naive_m, "paho_floor": paho, "runtime_floor": runtime,
+                                     "stages_cpu_us": stages}
             paho_rate = 1e6 / paho["us_per_message"]
             table("Throughput, pre-recorded lines, one core (median of runs), each timed until the broker "
                   "acknowledged the last message",
@@ -257,6 +266,15 @@ def main() -> int:
                     f"{runtime['rss_mb']:.0f}", "", f"{runtime['rss_mb'] / naive_m['rss_mb']:.2f}"]])
             print("\nA floor row is what the gateway could reach if all its own work cost nothing: its ratio "
                   "bounds the gateway's.")
+            total = ours["cpu_us"]
+            rows = [[text, f"{stages[name]:.1f}", f"{stages[name] / total:.0%}"] for name, text in STAGES.items()]
+            rest = total - sum(stages.values())
+            rows.append(["the rest: interleaving costs (paho's thread taking turns for the GIL, caches), discovery "
+                         "and availability checks", f"{rest:.1f}", f"{rest / total:.0%}"])
+            rows.append(["gateway run, all threads (its paho network thread alone)",
+                         f"{total:.1f} ({ours['other_threads_cpu_us']:.1f})", "100%"])
+            table("Where a frame's time goes: each stage alone over the same lines, CPU us per frame (median of runs)",
+                  ["stage", "CPU us/frame", "of the gateway's"], rows)
 
         if "latency" in sections:
             lat = [latency_run(workdir, broker, devices_file, rate, 5 if args.quick else 10) for rate in (100, 1000)]

@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,8 @@ def peak_rss_mb() -> float:
 
 # ---------------------------------------------------------------- children (one per measurement)
 
-def child_gateway(args: argparse.Namespace) -> dict[str, Any]:
-    """The daemon's own batch path, lines pre-recorded instead of read from the port: dialect ->
-    LoRaWAN -> LPP -> detector -> MQTT, with the history, availability and Home Assistant
-    discovery it keeps; timed until the broker has acknowledged the last message."""
+def _daemon(args: argparse.Namespace) -> tuple[Any, list[bytes]]:
+    """A Daemon on the bench's broker with no port opened, and the pre-recorded lines."""
     from gateway.config import load_config
     from gateway.daemon import Daemon
 
@@ -40,15 +40,37 @@ def child_gateway(args: argparse.Namespace) -> dict[str, Any]:
         f'devices_file = "{args.devices}"\nstate_path = "{workdir}/state.db"\nmodel_root = "{workdir}/no-models"\n'
         f'[serial]\nport = "{workdir}/no-port"\n[mqtt]\nport = {args.broker}\nbase_topic = "bench"\n{window}'
     )
-    daemon = Daemon(load_config(config))
-    publisher = daemon.publisher
+    return Daemon(load_config(config)), lines
+
+
+def _connect(publisher: Any) -> None:
     publisher.start()
     while not publisher.connected.is_set():
         publisher.service()
         time.sleep(0.01)
     gc.collect()  # as Daemon.run does before READY=1
     gc.freeze()
+
+
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of each of this process's threads, by thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        fields = Path(f"/proc/self/task/{tid}/stat").read_text().rpartition(")")[2].split()
+        out[tid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
+def child_gateway(args: argparse.Namespace) -> dict[str, Any]:
+    """The daemon's own batch path, lines pre-recorded instead of read from the port: dialect ->
+    LoRaWAN -> LPP -> detector -> MQTT, with the history, availability and Home Assistant
+    discovery it keeps; timed until the broker has acknowledged the last message."""
+    daemon, lines = _daemon(args)
+    publisher = daemon.publisher
+    _connect(publisher)
     batch = args.batch
+    threads = _thread_cpu_s()
     start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(lines), batch):
         publisher.service()
@@ -56,11 +78,55 @@ def child_gateway(args: argparse.Namespace) -> dict[str, Any]:
     if not publisher.drain(120):
         raise RuntimeError("the broker did not acknowledge every message")
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    main = str(threading.get_native_id())
+    spent = {tid: t - threads.get(tid, 0.0) for tid, t in _thread_cpu_s().items()}
     accepted = daemon.pipeline.frames_accepted
     publisher.stop()
     return {"frames": accepted, "seconds": elapsed, "fps": accepted / elapsed, "cpu_us": cpu / accepted * 1e6,
-            "rss_mb": peak_rss_mb(),
-            "rejected": sum(daemon.pipeline.rejections.counts.values())}
+            "main_thread_cpu_us": spent.pop(main) / accepted * 1e6,
+            "other_threads_cpu_us": sum(spent.values()) / accepted * 1e6,  # paho's network loop
+            "rss_mb": peak_rss_mb(), "rejected": sum(daemon.pipeline.rejections.counts.values())}
+
+
+def child_stages(args: argparse.Namespace) -> dict[str, Any]:
+    """Where a frame's time goes: the daemon's stages one after another over all the lines, each
+    alone (CPU us per frame). Alone they miss what they cost each other when interleaved
+    (caches, paho's thread taking turns for the GIL), so they sum to less than the gateway's run."""
+    from gateway.telemetry import telemetry_payload
+
+    daemon, lines = _daemon(args)
+    batch = args.batch
+    stages: dict[str, float] = {}
+
+    def timed(name: str, work: Any) -> Any:
+        cpu = time.process_time()
+        result = work()
+        stages[name] = time.process_time() - cpu
+        return result
+
+    now = time.time()
+    batches = timed("pipeline", lambda: [daemon.pipeline.process(lines[i:i + batch], now).readings
+                                         for i in range(0, len(lines), batch)])
+    results = timed("detector", lambda: [daemon.detector.observe(readings) for readings in batches])
+    pairs = [(r, o) for readings, outs in zip(batches, results, strict=True) for r, o in zip(readings, outs, strict=True)]
+    payloads = timed("payload", lambda: [telemetry_payload(r, o.alert_state, o.score, o.likelihood) for r, o in pairs])
+    entries = [(r.device, r.time, p, o.score, o.alert_state) for (r, o), p in zip(pairs, payloads, strict=True)]
+    timed("history", lambda: [daemon.history.append(entries[i:i + batch]) for i in range(0, len(entries), batch)])
+    publisher = daemon.publisher
+    _connect(publisher)
+
+    def publish() -> None:
+        for i, ((r, _), p) in enumerate(zip(pairs, payloads, strict=True)):
+            if i % batch == 0:
+                publisher.service()
+            publisher.publish_state(r.device, p)
+        if not publisher.drain(120):
+            raise RuntimeError("the broker did not acknowledge every message")
+
+    timed("mqtt", publish)
+    publisher.stop()
+    n = len(pairs)
+    return {"frames": n, **{name: seconds / n * 1e6 for name, seconds in stages.items()}}
 
 
 def child_naive(args: argparse.Namespace) -> dict[str, Any]:
@@ -174,7 +240,8 @@ def child_paho(args: argparse.Namespace) -> dict[str, Any]:
     return {"messages": n, "seconds": elapsed, "us_per_message": elapsed / n * 1e6, "cpu_us": cpu / n * 1e6}
 
 
-CHILDREN = {"gateway": child_gateway, "naive": child_naive, "runtime": child_runtime, "paho": child_paho}
+CHILDREN = {"gateway": child_gateway, "stages": child_stages, "naive": child_naive, "runtime": child_runtime,
+            "paho": child_paho}
 
 
 def main() -> int:

@@ -1,10 +1,12 @@
 """Pipeline benchmarks: throughput against the naive way, latency through a real pty and broker,
 daemon memory and start-up, and scaling with devices and window length.
 
-    python -m bench.bench_pipeline                 # everything (a few minutes on 2 cores)
-    python -m bench.bench_pipeline --quick         # smaller runs
-    python -m bench.bench_pipeline --json out.json
-    python -m bench.bench_pipeline --only throughput,daemon
+    python -m bench                          # everything (about 10 minutes on 2 cores)
+    python -m bench --quick                  # smaller runs
+    python -m bench --json out.json          # also the figures as JSON
+    python -m bench --only throughput,daemon
+
+(`python -m bench` is `python -m bench.bench_pipeline`.)
 
 Each figure comes from this one run on this machine; speeds are also given as ratios against
 the naive baseline measured in the same run. Throughput runs are pinned to one core.
@@ -215,7 +217,8 @@ def daemon_memory_and_startup(workdir: Path, broker: Broker, devices_file: Path,
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller runs")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--repeats", type=int, default=3, help="throughput runs per variant; the median is reported")

@@ -256,10 +256,13 @@ class MqttPublisher:
         self._publish_or_queue(self.topic("bridge/event"), to_json(event), 0, False)
 
     def stop(self, timeout_s: float = 3.0) -> None:
-        """Send what waits, say offline ourselves (the will only fires on an unclean loss), disconnect."""
+        """Send what waits (for half the time at most), say offline ourselves (the will only fires on
+        an unclean loss), disconnect."""
         deadline = time.monotonic() + timeout_s
-        if self.drain(timeout_s):
-            self._send(self.topic("bridge/state"), OFFLINE, qos=1, retain=True)
-            self.drain(max(0.0, deadline - time.monotonic()))
+        self.drain(timeout_s / 2)
+        if self.connected.is_set():
+            offline = self._send(self.topic("bridge/state"), OFFLINE, qos=1, retain=True)
+            while _published(offline) is False and time.monotonic() < deadline:
+                time.sleep(0.001)
         self.client.disconnect()
         self.client.loop_stop()

@@ -1,9 +1,10 @@
 """A bounded history of readings in the state database, for `lora-gateway report`.
 
 One row per reading, holding the state payload the daemon published for it (so the history
-costs no second encoding), written in one transaction per batch. Rows older than the
-retention are deleted a bounded batch at a time, so pruning a long backlog never stalls the
-loop that appends.
+costs no second encoding). Rows are written once a second in one transaction, not per batch
+of frames: fewer commits on the daemon's loop and on a Pi's SD card, for at most a second of
+history lost to a crash (it is not the alert path). Rows older than the retention are deleted
+a bounded batch at a time, so pruning a long backlog never stalls the loop that appends.
 
 Only the time is indexed: an index by device costs several times the insert itself (each row
 lands at a random place in it) on the daemon's hot path, while a report, which reads one
@@ -23,6 +24,7 @@ from pathlib import Path
 DEFAULT_RETENTION_S = 7 * 86400
 PRUNE_BATCH = 5000
 PRUNE_EVERY_S = 60.0
+WRITE_EVERY_S = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -60,24 +62,35 @@ class History:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._next_prune = 0.0
+        self._pending: list[HistoryEntry] = []
+        self._next_write = 0.0
 
     def append(self, entries: Iterable[HistoryEntry], now: float | None = None) -> None:
-        """Insert a batch in one transaction; prune one bounded batch of expired rows when due."""
+        """Keep the rows; write what waits in one transaction once a second, and prune one bounded
+        batch of expired rows when due."""
         now = time.time() if now is None else now
-        data = list(entries)
         with self._lock:
-            if data:
-                self._db.execute("BEGIN")
-                try:
-                    self._db.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", data)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
+            self._pending.extend(entries)
+            if now < self._next_write:
+                return
+            self._next_write = now + WRITE_EVERY_S
+            self._write()
             if now >= self._next_prune:
                 deleted = self._prune_batch(now)
-                # A full batch means more is waiting: prune again on the next append.
+                # A full batch means more is waiting: prune again at the next write.
                 self._next_prune = now if deleted == PRUNE_BATCH else now + PRUNE_EVERY_S
+
+    def _write(self) -> None:
+        if not self._pending:
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", self._pending)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._pending = []
 
     def _prune_batch(self, now: float) -> int:
         cur = self._db.execute(
@@ -96,8 +109,9 @@ class History:
         return total
 
     def query(self, device: str, since: float) -> list[HistoryRow]:
-        """The device's rows from `since` (unix time) on, oldest first."""
+        """The device's rows from `since` (unix time) on, oldest first, those still waiting included."""
         with self._lock:
+            self._write()
             rows = self._db.execute(
                 "SELECT device, time, values_json, score, alert_state FROM history "
                 "WHERE time >= ? AND device = ? ORDER BY time",
@@ -114,10 +128,12 @@ class History:
 
     def devices(self) -> list[str]:
         with self._lock:
+            self._write()
             return [r[0] for r in self._db.execute("SELECT DISTINCT device FROM history ORDER BY device")]
 
     def close(self) -> None:
         with self._lock:
+            self._write()
             self._db.close()
 
 

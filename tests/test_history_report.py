@@ -56,12 +56,28 @@ def test_append_query_and_batched_prune(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(h.query("pump-house", 0)) == 120
     h.append([], now=now + history_module.PRUNE_EVERY_S)
     assert len(h.query("pump-house", 0)) == 113
-    h.append([], now=now + history_module.PRUNE_EVERY_S)  # a full batch last time: prunes again at once
+    # A full batch last time: prunes again at the next write, a second on.
+    h.append([], now=now + history_module.PRUNE_EVERY_S + history_module.WRITE_EVERY_S)
     assert len(h.query("pump-house", 0)) == 106
     assert h.prune(now) == 106 - 60
     assert [r.time for r in h.query("pump-house", 0)] == [now - 7200 + i * 60 for i in range(60, 120)]
     assert h.devices() == ["cold-room", "pump-house"]
     h.close()
+
+
+def test_rows_are_written_once_a_second_and_at_close(tmp_path: Path) -> None:
+    h = History(tmp_path / "state.db")
+    other = History(tmp_path / "state.db")  # another process's view, as `lora-gateway report` has
+    rows = rows_for("pump", 1000.0, 10)
+    h.append(entries(rows[:4]), now=1000.0)  # the first append writes
+    h.append(entries(rows[4:7]), now=1000.5)  # within the second: kept
+    assert [r.time for r in other.query("pump", 0)] == [r.time for r in rows[:4]]
+    h.append(entries(rows[7:8]), now=1001.0)  # a second on: everything kept goes
+    assert [r.time for r in other.query("pump", 0)] == [r.time for r in rows[:8]]
+    h.append(entries(rows[8:]), now=1001.2)
+    h.close()
+    assert [r.time for r in other.query("pump", 0)] == [r.time for r in rows]
+    other.close()
 
 
 def test_history_written_before_it_kept_payloads_still_reads(tmp_path: Path) -> None:

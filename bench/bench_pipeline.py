@@ -47,7 +47,7 @@ STAGES = {
     "pipeline": "line -> reading: dialect, MIC, decryption, LPP, frame counters committed",
     "detector": "detector: buffers, normalization, one int8 ONNX call a batch, likelihood, alert state",
     "payload": "state payload JSON",
-    "history": "history: one SQLite insert a batch",
+    "history": "history: kept, written in one SQLite transaction a second",
     "mqtt": "MQTT: paho publishing, both threads, until acknowledged",
 }
 

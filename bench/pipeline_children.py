@@ -111,7 +111,9 @@ def child_stages(args: argparse.Namespace) -> dict[str, Any]:
     pairs = [(r, o) for readings, outs in zip(batches, results, strict=True) for r, o in zip(readings, outs, strict=True)]
     payloads = timed("payload", lambda: [telemetry_payload(r, o.alert_state, o.score, o.likelihood) for r, o in pairs])
     entries = [(r.device, r.time, p, o.score, o.alert_state) for (r, o), p in zip(pairs, payloads, strict=True)]
-    timed("history", lambda: [daemon.history.append(entries[i:i + batch]) for i in range(0, len(entries), batch)])
+    # Rows are written once a second, and at close: the stage is every append and that last write.
+    timed("history", lambda: ([daemon.history.append(entries[i:i + batch]) for i in range(0, len(entries), batch)],
+                              daemon.history.close()))
     publisher = daemon.publisher
     _connect(publisher)
 

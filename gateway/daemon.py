@@ -253,6 +253,7 @@ class Daemon:
             return False
         # The watchdog ping comes from the processing loop, so a hung pipeline stops it and systemd restarts us.
         clock.last_tick = mono
+        self.history.write_due(now)
         self.notifier.watchdog()
         self.notifier.status(self._status())
         for device in self.availability.gone_silent(now):

@@ -66,11 +66,17 @@ class History:
         self._next_write = 0.0
 
     def append(self, entries: Iterable[HistoryEntry], now: float | None = None) -> None:
-        """Keep the rows; write what waits in one transaction once a second, and prune one bounded
-        batch of expired rows when due."""
-        now = time.time() if now is None else now
+        """Keep the rows, and write_due()."""
         with self._lock:
             self._pending.extend(entries)
+        self.write_due(now)
+
+    def write_due(self, now: float | None = None) -> None:
+        """Write what waits in one transaction if a second has passed since the last write, and
+        prune one bounded batch of expired rows when due. The daemon's half-second tick calls it
+        too, so that rows kept in a quiet spell do not wait for the next reading."""
+        now = time.time() if now is None else now
+        with self._lock:
             if now < self._next_write:
                 return
             self._next_write = now + WRITE_EVERY_S

@@ -74,7 +74,12 @@ def test_rows_are_written_once_a_second_and_at_close(tmp_path: Path) -> None:
     assert [r.time for r in other.query("pump", 0)] == [r.time for r in rows[:4]]
     h.append(entries(rows[7:8]), now=1001.0)  # a second on: everything kept goes
     assert [r.time for r in other.query("pump", 0)] == [r.time for r in rows[:8]]
-    h.append(entries(rows[8:]), now=1001.2)
+    h.append(entries(rows[8:9]), now=1001.2)
+    h.write_due(now=1001.5)  # the daemon's tick: not due yet
+    assert len(other.query("pump", 0)) == 8
+    h.write_due(now=1002.0)  # due with no reading since: a quiet spell does not keep rows back
+    assert [r.time for r in other.query("pump", 0)] == [r.time for r in rows[:9]]
+    h.append(entries(rows[9:]), now=1002.1)
     h.close()
     assert [r.time for r in other.query("pump", 0)] == [r.time for r in rows]
     other.close()

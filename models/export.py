@@ -50,12 +50,18 @@ INPUT, OUTPUT = "window", "score"
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """How to quantize; the default was chosen by bench/bench_model.py (see README table)."""
+    """How to quantize; the default was chosen by bench/bench_quant_cpu.py (models/README.md).
 
-    format: str = "QOperator"  # QDQ | QOperator
+    Unsigned weights (U8U8): onnxruntime's x86 kernel for U8S8 multiplies with VPMADDUBSW, whose
+    int16 pair sums saturate on CPUs without VNNI, so one U8S8 file scores differently from one CPU
+    to the next. U8U8 has no such path. QDQ is the format DESIGN.md names; onnxruntime fuses it into
+    the same integer kernels at session start.
+    """
+
+    format: str = "QDQ"  # QDQ | QOperator
     per_channel: bool = False
     activation: str = "QUInt8"
-    weight: str = "QInt8"
+    weight: str = "QUInt8"
     op_types: tuple[str, ...] = ("Gemm", "MatMul", "Conv", "Relu")  # Relu too: QGemm chains stay int8
     calibrate_method: str = "MinMax"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -82,14 +83,14 @@ class Recorder:
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        assert self._subscribed.wait(10), "recorder could not subscribe"
+        assert self._subscribed.wait(60), "recorder could not subscribe"
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
             self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
             self._cond.notify_all()
 
-    def wait_for(self, predicate, timeout: float = 30.0) -> list[tuple[str, bytes, bool]]:
+    def wait_for(self, predicate, timeout: float = 120.0) -> list[tuple[str, bytes, bool]]:
         """Block until predicate(messages) holds; fail with what arrived otherwise."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -170,6 +171,23 @@ class GatewayProcess:
 
     def output(self) -> str:
         return self.log.read_text()
+
+    def wait_for_output(self, predicate, what: str, timeout: float = 120.0) -> str:
+        """Block until predicate(log text) holds. The deadline only bounds a hang: a loaded
+        machine may take long to start the gateway, and nothing here depends on how long."""
+        deadline = time.monotonic() + timeout
+        while not predicate(text := self.output()):
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.proc.returncode} before {what}:\n{text[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n{text[-2000:]}")
+            time.sleep(0.1)
+        return text
+
+    def wait_ready(self) -> GatewayProcess:
+        """Wait until the module is configured, so that no frame is sent before anyone listens."""
+        self.wait_for_output(lambda text: re.search(r" ready$", text, re.M) is not None, "the module's set-up")
+        return self
 
 
 @pytest.fixture

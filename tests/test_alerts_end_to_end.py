@@ -60,7 +60,7 @@ def test_fault_raises_and_its_end_clears(tmp_path: Path, broker, recorder_factor
         gateway = gateways(setup(tmp_path, broker, devices_file, module)).start()
         recorder.wait_for(lambda m: any(t == "lora-gateway/bridge/state" for t, _, _ in m))
         stream(module, node, 0, 800)
-        recorder.wait_for(lambda m: [a["state"] for a in alerts(m)][:2] == ["raised", "cleared"], timeout=60)
+        recorder.wait_for(lambda m: [a["state"] for a in alerts(m)][:2] == ["raised", "cleared"], timeout=120)
         assert gateway.stop() == 0, gateway.output()
 
     raised, cleared = alerts(recorder.messages)[:2]
@@ -77,19 +77,16 @@ def test_no_alert_lost_across_a_broker_outage(tmp_path: Path, broker, recorder_f
     recorder = recorder_factory(broker.port, ["lora-gateway/+/alert"], session="dashboard")
     node = make_node(devices_file)
     with PtyModule(EMULATORS["rylr"]()) as module:
-        gateway = gateways(setup(tmp_path, broker, devices_file, module)).start()
-        time.sleep(1)
+        gateway = gateways(setup(tmp_path, broker, devices_file, module)).start().wait_ready()
         stream(module, node, 0, 550)
         broker.stop()  # the outage covers the whole fault, raise and clear
         stream(module, node, 550, 1000)
-        deadline = time.monotonic() + 30
-        while len(committed(gateway.output())) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        gateway.wait_for_output(lambda text: len(committed(text)) >= 2, "the raise and the clear to be committed")
         assert alerts(recorder.messages) == []
         broker.start()
         expected = committed(gateway.output())
         assert {state for _, state in expected} == {"raised", "cleared"}
-        recorder.wait_for(lambda m: {(a["id"], a["state"]) for a in alerts(m)} >= expected, timeout=60)
+        recorder.wait_for(lambda m: {(a["id"], a["state"]) for a in alerts(m)} >= expected, timeout=120)
         assert gateway.stop() == 0
     assert {(a["id"], a["state"]) for a in alerts(recorder.messages)} == expected
 
@@ -101,22 +98,17 @@ def test_kill_9_loses_no_committed_alert_and_keeps_state(
     node = make_node(devices_file)
     with PtyModule(EMULATORS["rylr"]()) as module:
         config = setup(tmp_path, broker, devices_file, module)
-        gateway = gateways(config).start()
-        time.sleep(1)
+        gateway = gateways(config).start().wait_ready()
         broker.stop()  # alerts pile up in the outbox, none acknowledged
         stream(module, node, 0, 640)
-        deadline = time.monotonic() + 30
-        while not committed(gateway.output()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        expected = committed(gateway.output())
-        assert expected, gateway.output()[-2000:]
+        expected = committed(gateway.wait_for_output(lambda text: bool(committed(text)), "an alert to be committed"))
         gateway.stop(signal.SIGKILL)
         old_frame, _ = node.uplink(650.0)
         node.fcnt -= 1
 
         broker.start()
         gateway = gateways(config).start()
-        recorder.wait_for(lambda m: {(a["id"], a["state"]) for a in alerts(m)} >= expected, timeout=60)
+        recorder.wait_for(lambda m: {(a["id"], a["state"]) for a in alerts(m)} >= expected, timeout=120)
         # Counters came back: a frame counter already accepted is a replay.
         stream(module, node, 640, 641)
         module.send_frame(old_frame, -80, 7)

@@ -34,7 +34,7 @@ def test_readings_reach_mqtt_decoded(dialect, tmp_path: Path, broker, recorder_f
         config = write_config(tmp_path / "config.toml", port=sim.port, dialect=dialect, mqtt_port=broker.port,
                               devices_file=devices_file, state_path=tmp_path / "state.db")
         gateway = gateways(config).start()
-        recorder.wait_for(lambda m: len(readings_of(m, "lora-gateway")) >= 6, timeout=30)
+        recorder.wait_for(lambda m: len(readings_of(m, "lora-gateway")) >= 6, timeout=120)
         sent = {(name, fcnt): (readings, rssi, snr) for name, fcnt, readings, rssi, snr in sim.sent}
     assert gateway.stop() == 0, gateway.output()
 
@@ -109,7 +109,7 @@ def test_silent_module_is_a_clear_error(tmp_path: Path, broker, gateways, device
                               devices_file=devices_file, state_path=tmp_path / "state.db")
         config.write_text(config.read_text().replace("reply_timeout_s = 5", "reply_timeout_s = 0.5"))
         gateway = gateways(config).start()
-        assert gateway.proc.wait(timeout=20) == 1
+        assert gateway.proc.wait(timeout=120) == 1
     out = gateway.output()
     assert f"rak3172 module on {module.port} at 115200 baud" in out and "no answer to 'AT'" in out
 
@@ -141,8 +141,7 @@ def test_device_goes_offline_after_silence_and_back(tmp_path: Path, broker, reco
     with PtyModule(EMULATORS["rylr"]()) as module:
         config = write_config(tmp_path / "config.toml", port=module.port, dialect="rylr", mqtt_port=broker.port,
                               devices_file=devices_file, state_path=tmp_path / "state.db")
-        gateway = gateways(config).start()
-        time.sleep(1.5)
+        gateway = gateways(config).start().wait_ready()
         for fcnt in range(5):  # every 0.2 s: the gateway learns that period
             module.send_frame(build_uplink(pump, fcnt, 1, bytes.fromhex("0167 0110")), -70, 5)
             time.sleep(0.2)

@@ -91,7 +91,7 @@ def test_a_running_gateway_serves_metrics(tmp_path: Path, broker, gateways, devi
                               devices_file=devices_file, state_path=tmp_path / "state.db",
                               extra=f"[metrics]\nport = {port}\naddress = \"127.0.0.1\"")
         gateway = gateways(config).start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while True:
             try:
                 m = scrape(port)

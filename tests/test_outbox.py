@@ -43,7 +43,7 @@ def _alert(i: int) -> dict:
     return {"id": f"pump-{i}", "device": "pump", "state": "raised", "time": float(i)}
 
 
-def _wait(predicate, publisher: MqttPublisher, timeout: float = 20.0) -> None:
+def _wait(predicate, publisher: MqttPublisher, timeout: float = 120.0) -> None:
     """Wait as the daemon's loop does: servicing the publisher between checks."""
     deadline = time.monotonic() + timeout
     while True:
@@ -155,7 +155,7 @@ def test_a_hung_broker_never_grows_what_paho_holds(tmp_path: Path, broker, recor
     assert publisher.drain(10)
     os.kill(broker.proc.pid, signal.SIGSTOP)
     stat = Path(f"/proc/{broker.proc.pid}/stat")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120
     while stat.read_text().rpartition(")")[2].split()[0] != "T":  # stopped for certain, acknowledging nothing
         assert time.monotonic() < deadline, "mosquitto did not stop"
         time.sleep(0.01)
@@ -203,7 +203,7 @@ def test_messages_handed_to_paho_as_its_socket_went_down(tmp_path: Path, broker,
     publisher.start()
     _wait(publisher.connected.is_set, publisher)
     broker.stop()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120
     while publisher.client.is_connected():  # paho's thread sees the loss; service() is not called
         assert time.monotonic() < deadline
         time.sleep(0.01)

@@ -47,7 +47,7 @@ def test_gateway_publishes_intact_frames_and_refuses_corrupt_and_repeated_ones(
                           devices_file=devices, state_path=tmp_path / "state.db")
     gateway = gateways(config).start()
     with sim:
-        assert sim.finished.wait(60)
+        assert sim.finished.wait(120)
     counts = sim.port_counts
     assert counts["corrupted"] > 0 and counts["duplicate"] > 0 and sim.engine.stats.crc_error > 0
 
@@ -57,7 +57,7 @@ def test_gateway_publishes_intact_frames_and_refuses_corrupt_and_repeated_ones(
 
     recorder.wait_for(lambda m: len(published(m)) >= counts["intact"]
                       and last_count(m, "bad_mic") >= counts["corrupted"]
-                      and last_count(m, "replay") >= counts["duplicate"], timeout=60)
+                      and last_count(m, "replay") >= counts["duplicate"], timeout=120)
     assert gateway.stop() == 0, gateway.output()
 
     got = published(recorder.messages)
@@ -89,7 +89,7 @@ def test_a_thousand_node_farm_through_the_gateway(tmp_path: Path, broker, record
         assert sim.finished.wait(120)
         sent = {(name, fcnt) for name, fcnt, *_ in sim.sent}
         assert len(sent) > 3000 and sim.engine.stats.collided > 0
-        recorder.wait_for(lambda m: len(published(m)) >= len(sent), timeout=60)
+        recorder.wait_for(lambda m: len(published(m)) >= len(sent), timeout=120)
     assert gateway.stop() == 0, gateway.output()
     assert published(recorder.messages) == sent
 
@@ -113,7 +113,7 @@ def test_a_single_channel_module_hears_only_what_the_gateway_tuned_it_to(
                           devices_file=devices, state_path=tmp_path / "state.db")
     gateway = gateways(config).start()
     with sim:
-        assert sim.finished.wait(30)
+        assert sim.finished.wait(120)
         assert sim.off_channel == 2 * sim.frames_sent >= 8
         recorder.wait_for(lambda m: sum(t == "lora-gateway/tuned" for t, _, _ in m) >= sim.frames_sent)
     assert gateway.stop() == 0, gateway.output()

@@ -61,8 +61,8 @@ def check_arrival(tmp_path: Path, broker, recorder_factory, gateways, devices_fi
                           devices_file=devices_file, state_path=tmp_path / "state.db")
     gateway = gateways(config).start()
     channel = f"{lpp_type}_1"
-    recorder.wait_for(lambda m: len(received(m, "pump-house", channel)) >= len(values), timeout=60)
-    assert sim.wait(timeout=30) == 0, (tmp_path / "sim.log").read_text()
+    recorder.wait_for(lambda m: len(received(m, "pump-house", channel)) >= len(values), timeout=120)
+    assert sim.wait(timeout=120) == 0, (tmp_path / "sim.log").read_text()
     assert gateway.stop() == 0, gateway.output()
 
     got = received(recorder.messages, "pump-house", channel)

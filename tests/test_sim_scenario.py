@@ -146,7 +146,7 @@ def test_a_run_writes_its_labels_with_simulated_and_wall_times(tmp_path: Path, l
     devices = tmp_path / "devices.toml"
     sim = Simulation.from_scenario(scenario, "rylr", devices, speed=float("inf"), duration_s=4000.0)
     with sim:
-        assert sim.finished.wait(30)
+        assert sim.finished.wait(120)
     sim.write_labels(tmp_path / labels_name)
     if labels_name.endswith(".csv"):
         with (tmp_path / labels_name).open() as f:
@@ -169,7 +169,7 @@ def test_paced_wall_times_follow_the_speed(tmp_path: Path) -> None:
     scenario = scenario_of(FAULTY, tmp_path / "s.toml")
     sim = Simulation.from_scenario(scenario, "rylr", tmp_path / "devices.toml", speed=20_000.0, duration_s=2500.0)
     with sim:
-        assert sim.finished.wait(30)
+        assert sim.finished.wait(120)
     rows = {(r["channel"], r["fault"]): r for r in sim.label_rows()}
     start, end = rows[("current_1", "stuck")]["start_wall"], rows[("current_1", "stuck")]["end_wall"]
     assert start is not None and end is not None

@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.tables import table  # noqa: E402
-from gateway import lpp  # noqa: E402
 from gateway.demo import free_port, wait_listening  # noqa: E402
-from gateway.devices import add_devices, load_devices, session_keys  # noqa: E402
-from gateway.lorawan import build_uplink  # noqa: E402
+from gateway.uplink import lpp  # noqa: E402
+from gateway.uplink.devices import add_devices, load_devices, session_keys  # noqa: E402
+from gateway.uplink.lorawan import build_uplink  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 SECTIONS = ("throughput", "latency", "daemon", "scaling")

@@ -8,9 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from gateway import __version__, demo, detect_cli, health, model_cli, report
+from gateway import __version__, demo, detect_cli, model_cli, report
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.devices import add_device, firmware_snippet, load_devices
+from gateway.service import health
+from gateway.uplink.devices import add_device, firmware_snippet, load_devices
 
 DEFAULT_CONFIG = Path("/etc/lora-gateway/config.toml")
 
@@ -36,7 +37,7 @@ def _load(args: argparse.Namespace) -> GatewayConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.daemon import Daemon
-    from gateway.serial_link import ModuleError
+    from gateway.radio.serial_link import ModuleError
 
     cfg = _load(args)
     setup_logging(cfg.log.level)
@@ -81,7 +82,7 @@ def cmd_device_list(args: argparse.Namespace) -> int:
 
 
 def cmd_device_reset_counter(args: argparse.Namespace) -> int:
-    from gateway.state import StateStore
+    from gateway.service.state import StateStore
 
     cfg = _load(args)
     devices = load_devices(cfg.devices_file)

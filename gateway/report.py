@@ -13,8 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.health import CONFIG_HELP
-from gateway.history import History, HistoryRow, alert_spans
+from gateway.service.health import CONFIG_HELP
+from gateway.service.history import History, HistoryRow, alert_spans
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")

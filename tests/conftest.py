@@ -19,7 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.demo import free_port, wait_listening
-from gateway.devices import add_device
+from gateway.uplink.devices import add_device
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 

@@ -14,8 +14,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.chirpstack_input import ChirpStackInput, parse_uplink
 from gateway.records import Reading, Rejected
+from gateway.uplink.chirpstack import ChirpStackInput, parse_uplink
 
 APP = "f2ad2f2b-5c3c-4a83-9b0c-2a4b5e1d7f10"
 

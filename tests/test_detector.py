@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from gateway.detector import (
+from gateway.detect.detector import (
     _MIN_SCORES,
     AlertTransition,
     Detector,
@@ -19,9 +19,9 @@ from gateway.detector import (
     _Scale,
     alert_step,
 )
+from gateway.detect.scoring import Normalization
 from gateway.records import Reading
-from gateway.scoring import Normalization
-from gateway.state import StateStore
+from gateway.service.state import StateStore
 
 
 class StubScorer:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
-from gateway.detector import Detector, DetectorSettings
-from gateway.model_store import packaged_default_bundle
+from gateway.detect.detector import Detector, DetectorSettings
+from gateway.detect.model_store import packaged_default_bundle
+from gateway.detect.scoring import OnnxScorer
 from gateway.records import Reading
-from gateway.scoring import OnnxScorer
 
 
 def write_nab_csv(path: Path, values: np.ndarray) -> list[str]:

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from firmware_sim.simulation import Simulation
-from gateway.health import (
+from gateway.records import Reading
+from gateway.service.health import (
     BrokerHealth,
     DeviceHealth,
     DeviceTable,
@@ -23,7 +24,6 @@ from gateway.health import (
     read_health,
     write_health,
 )
-from gateway.records import Reading
 
 from .conftest import write_config
 

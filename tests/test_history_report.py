@@ -12,11 +12,11 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from gateway import history as history_module
-from gateway.history import History, HistoryEntry, HistoryRow, alert_spans
+from gateway.publish.telemetry import telemetry_payload
 from gateway.records import Reading
 from gateway.report import parse_span
-from gateway.telemetry import telemetry_payload
+from gateway.service import history as history_module
+from gateway.service.history import History, HistoryEntry, HistoryRow, alert_spans
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

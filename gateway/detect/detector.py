@@ -33,9 +33,9 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.detect.scoring import Normalization
 from gateway.records import Reading
-from gateway.scoring import Normalization
-from gateway.state import StateStore
+from gateway.service.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ _SLACK = 32  # buffer values past a scale's length: see _Scale
 
 
 class Scorer(Protocol):
-    """What the detector needs of a model (gateway.scoring.OnnxScorer is one)."""
+    """What the detector needs of a model (gateway.detect.scoring.OnnxScorer is one)."""
 
     window: int
     name: str

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.detect.detector import Detector, DetectorSettings
+from gateway.detect.detector import Detector
 from gateway.detect.scoring import Normalization, OnnxScorer
+from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
 from gateway.service.state import StateStore
 

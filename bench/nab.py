@@ -294,7 +294,8 @@ def _init_worker(bundle: str) -> None:
 
 def _detect_file(job: tuple[str, str, dict[str, Any]]) -> tuple[list[float], list[int], list[float]]:
     """`detect --csv` on one file, in process: the CLI's own functions, a fresh detector."""
-    from gateway.detect.detector import Detector, DetectorSettings
+    from gateway.detect.detector import Detector
+    from gateway.detect.settings import DetectorSettings
     from gateway.detect_cli import detect_series, read_series
 
     path, column, settings = job
@@ -323,7 +324,7 @@ def run_detect(
 
 def replay_alerts(likelihood: list[float], cfg: Any) -> np.ndarray:
     """Raise events of the detector's own alert state machine over a likelihood series."""
-    from gateway.detect.detector import alert_step
+    from gateway.detect.alerts import alert_step
 
     out = np.zeros(len(likelihood))
     raised, over = False, 0
@@ -340,7 +341,7 @@ def sweep_alerts(
 ) -> dict[str, ProfileResult]:
     """Detections = the rows where the detector raises an alert; raise_threshold swept corpus-wide
     (clear_threshold in the configured proportion), on a 0.02 grid refined to 0.002 near the best."""
-    from gateway.detect.detector import DetectorSettings
+    from gateway.detect.settings import DetectorSettings
 
     base = DetectorSettings.model_validate(settings)
     ratio = base.clear_threshold / base.raise_threshold
@@ -387,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
 
-    from gateway.detect.detector import DetectorSettings
     from gateway.detect.model_store import packaged_default_bundle
+    from gateway.detect.settings import DetectorSettings
 
     bundle = args.bundle or packaged_default_bundle()
     settings = json.loads(args.settings) if args.settings else {}

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
-from gateway.detect.detector import Detector, DetectorSettings
+from gateway.detect.detector import Detector
 from gateway.detect.model_store import packaged_default_bundle
 from gateway.detect.scoring import OnnxScorer
+from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
 
 

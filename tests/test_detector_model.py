@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.detect.detector import Detector, DetectorOutput, DetectorSettings
+from gateway.detect.detector import Detector, DetectorOutput
 from gateway.detect.model_store import packaged_default_bundle
 from gateway.detect.scoring import OnnxScorer
+from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
 from gateway.service.state import StateStore
 

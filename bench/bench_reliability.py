@@ -111,7 +111,7 @@ class Load:
 
 
 def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=ROOT,
                             stderr=log.open("a"), stdout=subprocess.DEVNULL)
 
 

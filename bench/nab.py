@@ -294,9 +294,9 @@ def _init_worker(bundle: str) -> None:
 
 def _detect_file(job: tuple[str, str, dict[str, Any]]) -> tuple[list[float], list[int], list[float]]:
     """`detect --csv` on one file, in process: the CLI's own functions, a fresh detector."""
+    from gateway.commands.detect import detect_series, read_series
     from gateway.detect.detector import Detector
     from gateway.detect.settings import DetectorSettings
-    from gateway.detect_cli import detect_series, read_series
 
     path, column, settings = job
     detector = Detector(_worker_scorer, DetectorSettings.model_validate(settings))

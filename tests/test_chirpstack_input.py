@@ -141,6 +141,6 @@ def test_gateway_with_chirpstack_input(tmp_path: Path, broker, recorder_factory,
 
 def status_of(config: Path) -> dict:
     """`lora-gateway status --json`; before the daemon's first snapshot it holds only `running` and `reason`."""
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--json", "--config", str(config)],
+    done = subprocess.run([sys.executable, "-m", "gateway", "status", "--json", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
     return json.loads(done.stdout)

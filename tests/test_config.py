@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.commands import main
 from gateway.config import ConfigError, load_config
 from gateway.uplink.devices import add_device, load_devices, session_keys
 

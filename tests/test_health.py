@@ -81,7 +81,7 @@ def test_device_table_keeps_the_latest() -> None:
 
 
 def status(config: Path, *extra: str) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--config", str(config), *extra],
+    done = subprocess.run([sys.executable, "-m", "gateway", "status", "--config", str(config), *extra],
                           capture_output=True, text=True, timeout=60)
     return done.returncode, done.stdout + done.stderr
 

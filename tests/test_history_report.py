@@ -12,9 +12,9 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from gateway.commands.report import parse_span
 from gateway.publish.telemetry import telemetry_payload
 from gateway.records import Reading
-from gateway.report import parse_span
 from gateway.service import history as history_module
 from gateway.service.history import History, HistoryEntry, HistoryRow, alert_spans
 
@@ -121,7 +121,7 @@ def write_config(tmp_path: Path) -> Path:
 
 
 def run_report(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
-    code = f"import sys\n{prelude}\nfrom gateway.cli import main\nsys.exit(main())"
+    code = f"import sys\n{prelude}\nfrom gateway.commands import main\nsys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, "report", *args], capture_output=True, text=True, timeout=120)
 
 

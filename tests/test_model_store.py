@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway.commands.model import register
 from gateway.detect.model_store import (
     BundleError,
     activate,
@@ -30,7 +31,6 @@ from gateway.detect.model_store import (
     write_manifest,
 )
 from gateway.detect.scoring import Normalization, OnnxScorer, sha256_file
-from gateway.model_cli import register
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,7 +174,7 @@ def test_runtime_commands_never_import_torch(tmp_path: Path) -> None:
         sys.meta_path.insert(0, Block())
         import argparse, numpy as np
         import gateway.detect.scoring, gateway.detect.model_store
-        from gateway.model_cli import register
+        from gateway.commands.model import register
         from gateway.detect.model_store import packaged_default_bundle
         from gateway.detect.scoring import OnnxScorer
         p = argparse.ArgumentParser(); register(p.add_subparsers(dest="c", required=True))
@@ -201,6 +201,6 @@ def test_runtime_commands_never_import_torch(tmp_path: Path) -> None:
 
 
 def test_plain_import_does_not_load_torch() -> None:
-    code = "import sys, gateway.detect.scoring, gateway.detect.model_store, gateway.model_cli; print('torch' in sys.modules, 'onnx' in sys.modules)"
+    code = "import sys, gateway.detect.scoring, gateway.detect.model_store, gateway.commands.model; print('torch' in sys.modules, 'onnx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr

@@ -240,7 +240,7 @@ def format_report(snapshot: HealthSnapshot, now: float) -> str:
 
 def handler(args: argparse.Namespace) -> int:
     """Exit 0 when the daemon runs, 1 when it does not or never wrote a snapshot."""
-    from gateway.cli import _config_path
+    from gateway.commands import _config_path
     from gateway.config import load_config
 
     path = health_path(load_config(_config_path(args.config)).state_path)

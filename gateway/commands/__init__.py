@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from gateway import __version__, demo, detect_cli, model_cli, report
+from gateway import __version__
+from gateway.commands import demo, detect, model, report
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.service import health
 from gateway.uplink.devices import add_device, firmware_snippet, load_devices
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--period", type=float, help="expected reporting period in seconds")
         p.set_defaults(func=func)
 
-    for registrar in (model_cli, detect_cli, demo, health, report):
+    for registrar in (model, detect, demo, health, report):
         registrar.register(sub)
     return parser
 
@@ -154,6 +155,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -72,7 +72,7 @@ def plot(rows: list[HistoryRow], device: str, out: Path, thresholds: tuple[float
 
 
 def handler(args: argparse.Namespace) -> int:
-    from gateway.cli import _config_path
+    from gateway.commands import _config_path
     from gateway.config import load_config
 
     try:

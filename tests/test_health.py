@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from firmware_sim.simulation import Simulation
+from gateway.commands.status import format_report, not_running_reason, read_health
 from gateway.records import Reading
 from gateway.service.health import (
     BrokerHealth,
@@ -18,10 +19,7 @@ from gateway.service.health import (
     DeviceTable,
     HealthSnapshot,
     ModuleHealth,
-    format_report,
     health_path,
-    not_running_reason,
-    read_health,
     write_health,
 )
 

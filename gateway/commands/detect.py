@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway.commands.common import error
 from gateway.detect.detector import Detector
 from gateway.records import Reading
 
@@ -183,10 +184,10 @@ def handler(args: argparse.Namespace) -> int:
                 )
             tmp.replace(out_path)
     except (InputError, BundleError) as e:
-        print(f"lora-gateway detect: {e}", file=sys.stderr)
+        error(e, "detect")
         return 2
     except OSError as e:
-        print(f"lora-gateway detect: {e.filename}: {e.strerror}", file=sys.stderr)
+        error(f"{e.filename}: {e.strerror}", "detect")
         return 2
     finally:
         tmp.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.commands.common import error
 from gateway.detect.model_store import (
     InstalledBundle,
     activate,
@@ -44,7 +45,7 @@ class NeedsTorch(Exception):
 
 
 def _err(message: str) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    error(message, "model")
     return 2
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.detector import Detector, DetectorSettings
+from gateway.detect.detector import Detector
+from gateway.detect.scoring import Normalization, OnnxScorer
+from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
-from gateway.scoring import Normalization, OnnxScorer
-from gateway.state import StateStore
+from gateway.service.state import StateStore
 
 
 def _rate(fn, units_per_call: int, seconds: float) -> float:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     parser.add_argument("--repeats", type=int, default=1, help="measurements per row; the median is shown")
     args = parser.parse_args(argv)
-    from gateway.model_store import packaged_default_bundle
+    from gateway.detect.model_store import packaged_default_bundle
 
     scorer = OnnxScorer(args.bundle or packaged_default_bundle(), threads=1)
     W = scorer.window

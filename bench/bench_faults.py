@@ -27,12 +27,13 @@ sys.path.insert(0, str(ROOT))
 
 from firmware_sim.engine import Engine  # noqa: E402
 from firmware_sim.scenario import Label, Scenario, build_nodes  # noqa: E402
-from gateway import lpp  # noqa: E402
-from gateway.detector import Detector, DetectorSettings  # noqa: E402
-from gateway.devices import add_device, load_devices, session_keys  # noqa: E402
-from gateway.model_store import packaged_default_bundle  # noqa: E402
+from gateway.detect.detector import Detector  # noqa: E402
+from gateway.detect.model_store import packaged_default_bundle  # noqa: E402
+from gateway.detect.scoring import OnnxScorer  # noqa: E402
+from gateway.detect.settings import DetectorSettings  # noqa: E402
 from gateway.records import Reading  # noqa: E402
-from gateway.scoring import OnnxScorer  # noqa: E402
+from gateway.uplink import lpp  # noqa: E402
+from gateway.uplink.devices import add_device, load_devices, session_keys  # noqa: E402
 
 DAY = 86400.0
 GRACE_PERIODS = 5

@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.tables import table  # noqa: E402
-from gateway.model_store import compare_scores, packaged_default_bundle  # noqa: E402
-from gateway.scoring import MODEL_FP32, MODEL_INT8, Normalization, OnnxScorer, session_options  # noqa: E402
+from gateway.detect.model_store import compare_scores, packaged_default_bundle  # noqa: E402
+from gateway.detect.scoring import MODEL_FP32, MODEL_INT8, Normalization, OnnxScorer, session_options  # noqa: E402
 from models.arch import ModelConfig, build_model, count_params  # noqa: E402
 from models.cross_cpu import NO_VNNI_CPU, qemu, score_on_cpu  # noqa: E402
 from models.data import ANOMALIES, DetectionSet, auc, detection_set, event_set  # noqa: E402

@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.tables import table  # noqa: E402
-from gateway import lpp  # noqa: E402
-from gateway.demo import free_port, wait_listening  # noqa: E402
-from gateway.devices import add_devices, load_devices, session_keys  # noqa: E402
-from gateway.lorawan import build_uplink  # noqa: E402
+from gateway.commands.demo import free_port, wait_listening  # noqa: E402
+from gateway.uplink import lpp  # noqa: E402
+from gateway.uplink.devices import add_devices, load_devices, session_keys  # noqa: E402
+from gateway.uplink.lorawan import build_uplink  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 SECTIONS = ("throughput", "latency", "daemon", "scaling")
@@ -148,7 +148,7 @@ def latency_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, 
             f'model_root = "{workdir}/no-models"\n'
             f'[serial]\nport = "{module.port}"\n[mqtt]\nport = {broker.port}\nbase_topic = "{base}"\n'
         )
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
                                    cwd=ROOT, stderr=subprocess.DEVNULL)
         time.sleep(3)
         rng = random.Random(2)
@@ -194,7 +194,7 @@ def daemon_memory_and_startup(workdir: Path, broker: Broker, devices_file: Path,
             f'[serial]\nport = "{module.port}"\n[mqtt]\nport = {broker.port}\nbase_topic = "mem"\n'
         )
         start = time.perf_counter()
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
                                    cwd=ROOT, stderr=subprocess.DEVNULL, env={**os.environ, "NOTIFY_SOCKET": str(notify)})
         while b"READY=1" not in sock.recv(4096):
             pass

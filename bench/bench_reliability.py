@@ -35,10 +35,10 @@ from bench.bench_pipeline import Broker, make_devices  # noqa: E402
 from bench.tables import table  # noqa: E402
 from firmware_sim.modules import EMULATORS  # noqa: E402
 from firmware_sim.pty_link import PtyModule  # noqa: E402
-from gateway import lpp  # noqa: E402
-from gateway.devices import load_devices, session_keys  # noqa: E402
-from gateway.lorawan import build_uplink  # noqa: E402
-from gateway.outbox import Outbox  # noqa: E402
+from gateway.publish.outbox import Outbox  # noqa: E402
+from gateway.uplink import lpp  # noqa: E402
+from gateway.uplink.devices import load_devices, session_keys  # noqa: E402
+from gateway.uplink.lorawan import build_uplink  # noqa: E402
 
 COMMITTED = re.compile(r"alert (\S+) (raised|cleared) committed")
 
@@ -111,7 +111,7 @@ class Load:
 
 
 def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=ROOT,
                             stderr=log.open("a"), stdout=subprocess.DEVNULL)
 
 

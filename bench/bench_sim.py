@@ -17,7 +17,7 @@ import time
 from firmware_sim.engine import Engine
 from firmware_sim.scenario import Scenario, build_nodes, bundled, load_scenario
 from firmware_sim.simulation import Simulation
-from gateway.lorawan import SessionKeys
+from gateway.uplink.lorawan import SessionKeys
 
 
 def _engine(farm: Scenario, count: int) -> tuple[Engine, float]:

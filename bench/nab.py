@@ -287,15 +287,16 @@ _worker_scorer: Any = None
 def _init_worker(bundle: str) -> None:
     global _worker_scorer
     os.nice(10)  # the machine is shared
-    from gateway.scoring import OnnxScorer
+    from gateway.detect.scoring import OnnxScorer
 
     _worker_scorer = OnnxScorer(Path(bundle))
 
 
 def _detect_file(job: tuple[str, str, dict[str, Any]]) -> tuple[list[float], list[int], list[float]]:
     """`detect --csv` on one file, in process: the CLI's own functions, a fresh detector."""
-    from gateway.detect_cli import detect_series, read_series
-    from gateway.detector import Detector, DetectorSettings
+    from gateway.commands.detect import detect_series, read_series
+    from gateway.detect.detector import Detector
+    from gateway.detect.settings import DetectorSettings
 
     path, column, settings = job
     detector = Detector(_worker_scorer, DetectorSettings.model_validate(settings))
@@ -307,7 +308,7 @@ def run_detect(
     corpus: list[CorpusFile], bundle: Path, settings: dict[str, Any], jobs: int = 2
 ) -> list[tuple[list[float], list[int], list[float]]]:
     """Per file: (score column, alert column, raw model scores)."""
-    from gateway.scoring import OnnxScorer
+    from gateway.detect.scoring import OnnxScorer
 
     OnnxScorer(bundle)  # a bad bundle fails here, clearly, not in every worker
     # Longest first, so that two workers finish together.
@@ -323,7 +324,7 @@ def run_detect(
 
 def replay_alerts(likelihood: list[float], cfg: Any) -> np.ndarray:
     """Raise events of the detector's own alert state machine over a likelihood series."""
-    from gateway.detector import alert_step
+    from gateway.detect.alerts import alert_step
 
     out = np.zeros(len(likelihood))
     raised, over = False, 0
@@ -340,7 +341,7 @@ def sweep_alerts(
 ) -> dict[str, ProfileResult]:
     """Detections = the rows where the detector raises an alert; raise_threshold swept corpus-wide
     (clear_threshold in the configured proportion), on a 0.02 grid refined to 0.002 near the best."""
-    from gateway.detector import DetectorSettings
+    from gateway.detect.settings import DetectorSettings
 
     base = DetectorSettings.model_validate(settings)
     ratio = base.clear_threshold / base.raise_threshold
@@ -387,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
 
-    from gateway.detector import DetectorSettings
-    from gateway.model_store import packaged_default_bundle
+    from gateway.detect.model_store import packaged_default_bundle
+    from gateway.detect.settings import DetectorSettings
 
     bundle = args.bundle or packaged_default_bundle()
     settings = json.loads(args.settings) if args.settings else {}

@@ -99,7 +99,7 @@ def child_stages(args: argparse.Namespace) -> dict[str, Any]:
     """Where a frame's time goes: the daemon's stages one after another over all the lines, each
     alone (CPU us per frame). Alone they miss what they cost each other when interleaved
     (caches, paho's thread taking turns for the GIL), so they sum to less than the gateway's run."""
-    from gateway.telemetry import telemetry_payload
+    from gateway.publish.telemetry import telemetry_payload
 
     daemon, lines = _daemon(args)
     batch = args.batch
@@ -151,9 +151,9 @@ def child_naive(args: argparse.Namespace) -> dict[str, Any]:
     from cryptography.hazmat.primitives.cmac import CMAC
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from gateway import lpp
-    from gateway.devices import load_devices, session_keys
-    from gateway.scoring import Normalization
+    from gateway.detect.scoring import Normalization
+    from gateway.uplink import lpp
+    from gateway.uplink.devices import load_devices, session_keys
     from models.weights import load_weights
 
     torch.set_num_threads(1)
@@ -218,8 +218,8 @@ def child_runtime(args: argparse.Namespace) -> dict[str, Any]:
     from cryptography.hazmat.primitives.cmac import CMAC  # noqa: F401
 
     imported = peak_rss_mb()
-    from gateway.model_store import packaged_default_bundle
-    from gateway.scoring import load_session
+    from gateway.detect.model_store import packaged_default_bundle
+    from gateway.detect.scoring import load_session
 
     load_session(packaged_default_bundle() / "model.onnx")
     return {"imports_mb": imported, "rss_mb": peak_rss_mb()}

@@ -20,9 +20,9 @@ from firmware_sim.modules import EMULATORS
 from firmware_sim.replay import check_encodable, read_series, replay_engine
 from firmware_sim.scenario import load_scenario, resolve
 from firmware_sim.simulation import RunOptions, Simulation
-from gateway import lpp
 from gateway.config import ConfigError
-from gateway.devices import add_device, load_devices, session_keys
+from gateway.uplink import lpp
+from gateway.uplink.devices import add_device, load_devices, session_keys
 
 _COMMANDS = ("run", "replay")
 _LINGER_S = 2.0

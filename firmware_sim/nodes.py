@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway import lpp
-from gateway.lorawan import SessionKeys, build_uplink
+from gateway.uplink import lpp
+from gateway.uplink.lorawan import SessionKeys, build_uplink
 
 LPP_FPORT = 1  # the port the Cayenne LPP convention uses
 DAY_S = 86400.0

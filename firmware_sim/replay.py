@@ -12,9 +12,9 @@ from pathlib import Path
 from firmware_sim.engine import Engine, SimNode
 from firmware_sim.nodes import Sensor, SensorNode, Signal
 from firmware_sim.radio import RadioConfig
-from gateway import lpp
 from gateway.config import ConfigError
-from gateway.lorawan import SessionKeys
+from gateway.uplink import lpp
+from gateway.uplink.lorawan import SessionKeys
 
 # Sample times are rebuilt from origin + offset in floats; this absorbs the rounding.
 _TIME_SLACK_S = 1e-6

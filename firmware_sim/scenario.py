@@ -38,9 +38,9 @@ from firmware_sim.nodes import (
     vibration_rms,
 )
 from firmware_sim.radio import EU868_DEFAULT_CHANNELS_HZ, RadioConfig
-from gateway import lpp
 from gateway.config import ConfigError, read_toml
-from gateway.lorawan import SessionKeys
+from gateway.uplink import lpp
+from gateway.uplink.lorawan import SessionKeys
 
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"
 

@@ -25,7 +25,7 @@ from firmware_sim.nodes import SensorNode
 from firmware_sim.pty_link import PtyModule
 from firmware_sim.radio import Delivery, RadioConfig
 from firmware_sim.scenario import Label, Scenario, build_nodes, origin_of
-from gateway.devices import add_devices, load_devices, session_keys
+from gateway.uplink.devices import add_devices, load_devices, session_keys
 
 _HOLD_RETRY_S = 0.02
 _BITS_PER_BYTE = 10  # 8N1 framing

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.detector import DetectorSettings
+from gateway.detect.settings import DetectorSettings
 
 ENV_PREFIX = "LORA_GATEWAY_"
 DEFAULT_BAUD = {"rylr": 115200, "rak3172": 115200, "rn2483": 57600}

@@ -14,30 +14,30 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.availability import AvailabilityTracker
-from gateway.chirpstack_input import ChirpStackInput
 from gateway.config import GatewayConfig
-from gateway.detector import Detector
-from gateway.devices import load_devices, session_keys
-from gateway.dialects import DIALECTS
-from gateway.discovery import Discovery
-from gateway.health import BrokerHealth, DeviceTable, HealthReporter, HealthSnapshot, ModuleHealth, health_path
-from gateway.history import History, HistoryEntry
-from gateway.lorawan import UplinkDecoder
-from gateway.model_store import active_bundle, default_model_root, packaged_default_bundle
-from gateway.mqtt_publisher import MqttPublisher
-from gateway.outbox import Outbox
-from gateway.pipeline import Pipeline
+from gateway.detect.detector import Detector
+from gateway.detect.model_store import active_bundle, default_model_root, packaged_default_bundle
+from gateway.detect.scoring import BundleError, OnnxScorer
+from gateway.publish.availability import AvailabilityTracker
+from gateway.publish.discovery import Discovery
+from gateway.publish.mqtt import MqttPublisher
+from gateway.publish.outbox import Outbox
+from gateway.publish.telemetry import telemetry_payload
+from gateway.radio.dialects import DIALECTS
+from gateway.radio.serial_link import ModuleError, SerialLink, SerialLost
 from gateway.records import Reading, Rejected
-from gateway.rejections import RejectionCounter
-from gateway.scoring import BundleError, OnnxScorer
-from gateway.sd_notify import Notifier
-from gateway.serial_link import ModuleError, SerialLink, SerialLost
-from gateway.state import StateStore
-from gateway.telemetry import telemetry_payload
+from gateway.service.health import BrokerHealth, DeviceTable, HealthReporter, HealthSnapshot, ModuleHealth, health_path
+from gateway.service.history import History, HistoryEntry
+from gateway.service.sd_notify import Notifier
+from gateway.service.state import StateStore
+from gateway.uplink.chirpstack import ChirpStackInput
+from gateway.uplink.devices import load_devices, session_keys
+from gateway.uplink.lorawan import UplinkDecoder
+from gateway.uplink.pipeline import Pipeline
+from gateway.uplink.rejections import RejectionCounter
 
 if TYPE_CHECKING:
-    from gateway.metrics import Metrics
+    from gateway.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Daemon:
         self.health = HealthReporter(health_path(cfg.state_path), self._health_snapshot)
         self.metrics: Metrics | None = None
         if cfg.metrics.port is not None:
-            from gateway.metrics import Metrics  # prometheus-client is imported only when metrics are on
+            from gateway.service.metrics import Metrics  # prometheus-client is imported only when metrics are on
 
             self.metrics = Metrics(self._health_snapshot)
         self.chirpstack: ChirpStackInput | None = None

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gateway.scoring import Normalization
+from gateway.detect.scoring import Normalization
 
 ARCHS = ("mlp_ae", "mlp_forecast", "conv_ae")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.scoring import Normalization
+from gateway.detect.scoring import Normalization
 
 KINDS = ("temperature", "humidity", "vibration", "pump_current", "battery", "random_walk", "noise", "seasonal", "steps")
 ANOMALIES = ("spike", "drift", "stuck", "level_shift", "noise_burst")

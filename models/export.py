@@ -1,6 +1,6 @@
 """Model -> self-contained ONNX (dynamic batch) -> static int8 -> parity gate -> bundle.
 
-The bundle is checked again by gateway.model_store.verify_bundle before it is written out,
+The bundle is checked again by gateway.detect.model_store.verify_bundle before it is written out,
 so what leaves this module is exactly what an installing Pi will accept.
 """
 
@@ -33,8 +33,8 @@ from onnxruntime.quantization import (
 from torch import nn
 
 import gateway
-from gateway.model_store import compare_scores, verify_bundle, write_manifest
-from gateway.scoring import (
+from gateway.detect.model_store import compare_scores, verify_bundle, write_manifest
+from gateway.detect.scoring import (
     MODEL_FP32,
     MODEL_INT8,
     PARITY_WINDOWS,

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from gateway.scoring import sha256_file
+from gateway.detect.scoring import sha256_file
 from models.weights import WeightsError, read_tensors
 
 ADAPTER_CONFIG = "adapter_config.json"

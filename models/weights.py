@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gateway.scoring import sha256_file
+from gateway.detect.scoring import sha256_file
 from models.arch import ModelConfig, build_model
 
 

@@ -19,8 +19,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.demo import free_port, wait_listening
-from gateway.devices import add_device
+from gateway.commands.demo import free_port, wait_listening
+from gateway.uplink.devices import add_device
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -155,7 +155,7 @@ class GatewayProcess:
 
     def start(self, env: dict[str, str] | None = None) -> GatewayProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=self.log.open("a"), text=True,
             env=None if env is None else {**os.environ, **env},
         )

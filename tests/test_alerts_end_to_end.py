@@ -11,10 +11,10 @@ import signal
 import time
 from pathlib import Path
 
+from firmware_sim.modules import EMULATORS
 from firmware_sim.nodes import Sensor, SensorNode
 from firmware_sim.pty_link import PtyModule
-from firmware_sim.modules import EMULATORS
-from gateway.devices import load_devices, session_keys
+from gateway.uplink.devices import load_devices, session_keys
 
 from .conftest import write_config
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.availability import AvailabilityTracker
+from gateway.publish.availability import AvailabilityTracker
 
 
 def test_configured_period() -> None:

@@ -14,8 +14,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.chirpstack_input import ChirpStackInput, parse_uplink
 from gateway.records import Reading, Rejected
+from gateway.uplink.chirpstack import ChirpStackInput, parse_uplink
 
 APP = "f2ad2f2b-5c3c-4a83-9b0c-2a4b5e1d7f10"
 
@@ -141,6 +141,6 @@ def test_gateway_with_chirpstack_input(tmp_path: Path, broker, recorder_factory,
 
 def status_of(config: Path) -> dict:
     """`lora-gateway status --json`; before the daemon's first snapshot it holds only `running` and `reason`."""
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--json", "--config", str(config)],
+    done = subprocess.run([sys.executable, "-m", "gateway", "status", "--json", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
     return json.loads(done.stdout)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.commands import main
 from gateway.config import ConfigError, load_config
-from gateway.devices import add_device, load_devices, session_keys
+from gateway.uplink.devices import add_device, load_devices, session_keys
 
 
 def write(path: Path, text: str, mode: int = 0o644) -> Path:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from gateway.config_reference import README, readme_section, render
+from gateway.commands.config_reference import README, readme_section, render
 
 
 def test_readme_reference_is_current() -> None:
-    assert readme_section(README.read_text()) == render(), "run: python -m gateway.config_reference --write"
+    assert readme_section(README.read_text()) == render(), "run: python -m gateway.commands.config_reference --write"
 
 
 def test_reference_names_every_section_and_nested_key() -> None:

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-DEMO = [sys.executable, "-m", "gateway.cli", "demo", "--speed", "1800"]
+DEMO = [sys.executable, "-m", "gateway", "demo", "--speed", "1800"]
 
 
 class Output:

@@ -10,18 +10,15 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from gateway.detector import (
-    _MIN_SCORES,
-    AlertTransition,
-    Detector,
-    DetectorSettings,
-    _Channel,
-    _Scale,
-    alert_step,
-)
+from gateway.detect.alerts import AlertTransition, alert_step
+from gateway.detect.channel import Channel
+from gateway.detect.detector import Detector
+from gateway.detect.likelihood import _MIN_SCORES
+from gateway.detect.scoring import Normalization
+from gateway.detect.settings import DetectorSettings
+from gateway.detect.windows import Scale
 from gateway.records import Reading
-from gateway.scoring import Normalization
-from gateway.state import StateStore
+from gateway.service.state import StateStore
 
 
 class StubScorer:
@@ -61,7 +58,7 @@ FAST = {"warmup": 200, "history": 200}
 
 def test_ring_buffer_keeps_the_last_values_in_order() -> None:
     cfg = DetectorSettings().resolve("d", "c")
-    sc = _Scale(1, window=4, history=6, cfg=cfg)
+    sc = Scale(1, window=4, history=6, cfg=cfg)
     for x in range(25):
         assert sc.add(float(x))
     assert sc.last_values(10).tolist() == [float(x) for x in range(15, 25)]
@@ -71,12 +68,12 @@ def test_ring_buffer_keeps_the_last_values_in_order() -> None:
     sc.add(200.0)
     assert sc.last_values(10).tolist() == [float(x) for x in range(191, 201)]
     assert sc.last_values(3).tolist() == [198.0, 199.0, 200.0]
-    sc = _Scale(1, window=4, history=6, cfg=cfg)
+    sc = Scale(1, window=4, history=6, cfg=cfg)
     for x in range(25):
         sc.add(float(x))
     assert sc.last_values(3).tolist() == [22.0, 23.0, 24.0]
     assert sc.seen == 25
-    coarse = _Scale(3, window=4, history=6, cfg=cfg)  # block means of 3 readings
+    coarse = Scale(3, window=4, history=6, cfg=cfg)  # block means of 3 readings
     assert [coarse.add(float(x)) for x in range(7)] == [False, False, True, False, False, True, False]
     assert coarse.last_values(2).tolist() == [1.0, 4.0]
 
@@ -161,7 +158,7 @@ def test_ignored_and_non_finite_values_are_not_scored() -> None:
 # -- likelihood ---------------------------------------------------------------------------------
 
 def likelihoods(scores: list[float], average: int = 1, low: bool = False) -> list[float | None]:
-    sc = _Scale(1, window=4, history=4, cfg=DetectorSettings(average=average).resolve("d", "c"))
+    sc = Scale(1, window=4, history=4, cfg=DetectorSettings(average=average).resolve("d", "c"))
     return [sc.update_likelihood(s, low) for s in scores]
 
 
@@ -197,11 +194,11 @@ def test_averaging_needs_more_than_one_high_score() -> None:
 
 # -- rules: out of range, stuck ----------------------------------------------------------------
 
-def channel(**settings: object) -> _Channel:
-    return _Channel(DetectorSettings.model_validate(settings).resolve("d", "c"), base=1, window=4, history=8)
+def channel(**settings: object) -> Channel:
+    return Channel(DetectorSettings.model_validate(settings).resolve("d", "c"), base=1, window=4, history=8)
 
 
-def learned(ch: _Channel, values: np.ndarray) -> _Channel:
+def learned(ch: Channel, values: np.ndarray) -> Channel:
     """The channel after its first readings (the detector ignores the rules while they set the range)."""
     for v in values:
         ch.rules(float(v), hold=1)

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.cli import main
-from gateway.detector import Detector, DetectorSettings
-from gateway.model_store import packaged_default_bundle
+from gateway.commands import main
+from gateway.detect.detector import Detector
+from gateway.detect.model_store import packaged_default_bundle
+from gateway.detect.scoring import OnnxScorer
+from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
-from gateway.scoring import OnnxScorer
 
 
 def write_nab_csv(path: Path, values: np.ndarray) -> list[str]:
@@ -48,7 +49,7 @@ def test_detect_csv_equals_feeding_the_detector(tmp_path: Path, capsys: pytest.C
     assert [r["timestamp"] for r in rows] == stamps
 
     det = Detector(OnnxScorer(packaged_default_bundle()), DetectorSettings())
-    from gateway.detect_cli import parse_time
+    from gateway.commands.detect import parse_time
 
     for r, v, stamp in zip(rows, x, stamps):
         (o,) = det.observe([Reading("nab", {"value": float(v)}, 0, 0.0, 0.0, parse_time(stamp))])

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.detector import Detector, DetectorOutput, DetectorSettings
-from gateway.model_store import packaged_default_bundle
+from gateway.detect.detector import Detector, DetectorOutput
+from gateway.detect.model_store import packaged_default_bundle
+from gateway.detect.scoring import OnnxScorer
+from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
-from gateway.scoring import OnnxScorer
-from gateway.state import StateStore
+from gateway.service.state import StateStore
 
 FAULT_START, FAULT_END = 2000, 2150
 

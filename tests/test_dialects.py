@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import SerialConfig
-from gateway.dialects import DIALECTS, Rak3172, Rn2483, Rylr
+from gateway.radio.dialects import DIALECTS, Rak3172, Rn2483, Rylr
 from gateway.records import Rejected
 
 FRAME = bytes.fromhex("400403020180010001a694642615d6c3b582")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.simulation import Simulation
-from gateway.discovery import Discovery, channel_kind
+from gateway.publish.discovery import Discovery, channel_kind
 
 from .conftest import Broker, write_config
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.simulation import Simulation
-from gateway.devices import load_devices, session_keys
-from gateway.lorawan import SessionKeys, build_uplink
+from gateway.uplink.devices import load_devices, session_keys
+from gateway.uplink.lorawan import SessionKeys, build_uplink
 
 from .conftest import write_config
 

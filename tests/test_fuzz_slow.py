@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import lpp
-from gateway.dialects import DIALECTS
-from gateway.lorawan import SessionKeys, UplinkDecoder, build_uplink
-from gateway.pipeline import Pipeline
+from gateway.radio.dialects import DIALECTS
 from gateway.records import Rejected
-from gateway.rejections import RejectionCounter
-from gateway.state import StateStore
+from gateway.service.state import StateStore
+from gateway.uplink import lpp
+from gateway.uplink.lorawan import SessionKeys, UplinkDecoder, build_uplink
+from gateway.uplink.pipeline import Pipeline
+from gateway.uplink.rejections import RejectionCounter
 
 from .test_pipeline import DOCUMENTED
 

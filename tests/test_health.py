@@ -11,19 +11,17 @@ import time
 from pathlib import Path
 
 from firmware_sim.simulation import Simulation
-from gateway.health import (
+from gateway.commands.status import format_report, not_running_reason, read_health
+from gateway.records import Reading
+from gateway.service.health import (
     BrokerHealth,
     DeviceHealth,
     DeviceTable,
     HealthSnapshot,
     ModuleHealth,
-    format_report,
     health_path,
-    not_running_reason,
-    read_health,
     write_health,
 )
-from gateway.records import Reading
 
 from .conftest import write_config
 
@@ -81,7 +79,7 @@ def test_device_table_keeps_the_latest() -> None:
 
 
 def status(config: Path, *extra: str) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--config", str(config), *extra],
+    done = subprocess.run([sys.executable, "-m", "gateway", "status", "--config", str(config), *extra],
                           capture_output=True, text=True, timeout=60)
     return done.returncode, done.stdout + done.stderr
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from gateway import history as history_module
-from gateway.history import History, HistoryEntry, HistoryRow, alert_spans
+from gateway.commands.report import parse_span
+from gateway.publish.telemetry import telemetry_payload
 from gateway.records import Reading
-from gateway.report import parse_span
-from gateway.telemetry import telemetry_payload
+from gateway.service import history as history_module
+from gateway.service.history import History, HistoryEntry, HistoryRow, alert_spans
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -121,7 +121,7 @@ def write_config(tmp_path: Path) -> Path:
 
 
 def run_report(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
-    code = f"import sys\n{prelude}\nfrom gateway.cli import main\nsys.exit(main())"
+    code = f"import sys\n{prelude}\nfrom gateway.commands import main\nsys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, "report", *args], capture_output=True, text=True, timeout=120)
 
 

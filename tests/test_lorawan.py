@@ -9,9 +9,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.lorawan import SessionKeys, UplinkDecoder, _DeviceCrypto, build_uplink
 from gateway.records import RadioFrame, Rejected
-from gateway.state import StateStore
+from gateway.service.state import StateStore
+from gateway.uplink.lorawan import SessionKeys, UplinkDecoder, _DeviceCrypto, build_uplink
 
 # LoRaWAN 1.0 data uplink test vector from brocaar/lorawan's tests (quoted in DESIGN.md):
 # NwkSKey 02 x16, AppSKey 01 x16, DevAddr 01020304, FCnt 1, FPort 1, FCtrl ADR.

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import lpp
 from gateway.records import Rejected
+from gateway.uplink import lpp
 
 REASONS = {"lpp_empty", "lpp_unknown_type", "lpp_truncated"}
 Item = tuple[int, str, float | tuple[float, ...]]  # what encode takes
 
-# Independent of gateway.lpp on purpose, so a slip in its table shows up here: per type id,
+# Independent of gateway.uplink.lpp on purpose, so a slip in its table shows up here: per type id,
 # (name, bytes per field, signed, multiplier per field, name suffixes), from the ElectronicCats
 # CayenneLPP header (src/CayenneLPP.h) LPP_*, LPP_*_SIZE, LPP_*_MULT and getTypeSigned().
 SPEC: dict[int, tuple[str, int, bool, tuple[int, ...], tuple[str, ...]]] = {

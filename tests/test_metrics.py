@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from firmware_sim.simulation import Simulation
-from gateway.health import BrokerHealth, DeviceHealth, HealthSnapshot, ModuleHealth
-from gateway.metrics import Metrics
+from gateway.service.health import BrokerHealth, DeviceHealth, HealthSnapshot, ModuleHealth
+from gateway.service.metrics import Metrics
 
 from .conftest import free_port, write_config
 

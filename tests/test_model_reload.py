@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 from firmware_sim.simulation import Simulation
-from gateway.model_store import activate, install_bundle, packaged_default_bundle
+from gateway.detect.model_store import activate, install_bundle, packaged_default_bundle
 
 from .conftest import write_config
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.model_cli import register
-from gateway.model_store import (
+from gateway.commands.model import register
+from gateway.detect.model_store import (
     BundleError,
     activate,
     active_bundle,
@@ -30,7 +30,7 @@ from gateway.model_store import (
     verify_bundle,
     write_manifest,
 )
-from gateway.scoring import Normalization, OnnxScorer, sha256_file
+from gateway.detect.scoring import Normalization, OnnxScorer, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,10 +173,10 @@ def test_runtime_commands_never_import_torch(tmp_path: Path) -> None:
                     raise ModuleNotFoundError("blocked: " + name)
         sys.meta_path.insert(0, Block())
         import argparse, numpy as np
-        import gateway.scoring, gateway.model_store
-        from gateway.model_cli import register
-        from gateway.model_store import packaged_default_bundle
-        from gateway.scoring import OnnxScorer
+        import gateway.detect.scoring, gateway.detect.model_store
+        from gateway.commands.model import register
+        from gateway.detect.model_store import packaged_default_bundle
+        from gateway.detect.scoring import OnnxScorer
         p = argparse.ArgumentParser(); register(p.add_subparsers(dest="c", required=True))
         def run(*a):
             args = p.parse_args(list(a)); return args.func(args)
@@ -201,6 +201,6 @@ def test_runtime_commands_never_import_torch(tmp_path: Path) -> None:
 
 
 def test_plain_import_does_not_load_torch() -> None:
-    code = "import sys, gateway.scoring, gateway.model_store, gateway.model_cli; print('torch' in sys.modules, 'onnx' in sys.modules)"
+    code = "import sys, gateway.detect.scoring, gateway.detect.model_store, gateway.commands.model; print('torch' in sys.modules, 'onnx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr

@@ -18,8 +18,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="the model toolchain needs the [train] extra")
 onnx = pytest.importorskip("onnx")
 
-from gateway.model_cli import register  # noqa: E402
-from gateway.model_store import (  # noqa: E402
+from gateway.commands.model import register  # noqa: E402
+from gateway.detect.model_store import (  # noqa: E402
     BundleError,
     activate,
     active_bundle,
@@ -27,7 +27,7 @@ from gateway.model_store import (  # noqa: E402
     verify_bundle,
     write_manifest,
 )
-from gateway.scoring import OnnxScorer, load_session, sha256_file  # noqa: E402
+from gateway.detect.scoring import OnnxScorer, load_session, sha256_file  # noqa: E402
 from models.arch import ModelConfig, build_model  # noqa: E402
 from models.data import detection_set, normal_windows  # noqa: E402
 from models.export import BuildOptions, QuantSpec, build_bundle, export_onnx, quantize, run  # noqa: E402

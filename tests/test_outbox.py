@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway import mqtt_publisher
 from gateway.config import MqttConfig
-from gateway.mqtt_publisher import MqttPublisher
-from gateway.outbox import Outbox
+from gateway.publish import mqtt as mqtt_publisher
+from gateway.publish.mqtt import MqttPublisher
+from gateway.publish.outbox import Outbox
+from gateway.publish.telemetry import telemetry_payload
 from gateway.records import Reading
-from gateway.telemetry import telemetry_payload
 
 
 def test_outbox_persists_and_keeps_order(tmp_path: Path) -> None:

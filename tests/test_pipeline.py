@@ -5,12 +5,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.dialects import Rak3172, Rylr
-from gateway.lorawan import SessionKeys, UplinkDecoder, build_uplink
-from gateway.pipeline import Pipeline
+from gateway.radio.dialects import Rak3172, Rylr
 from gateway.records import Rejected
-from gateway.rejections import RejectionCounter
-from gateway.state import StateStore
+from gateway.service.state import StateStore
+from gateway.uplink.lorawan import SessionKeys, UplinkDecoder, build_uplink
+from gateway.uplink.pipeline import Pipeline
+from gateway.uplink.rejections import RejectionCounter
 
 KEYS = SessionKeys("pump", 0x26011BDA, bytes(range(16)), bytes(range(16, 32)))
 LPP = bytes.fromhex("03670110056700FF")  # Cayenne LPP example from DESIGN.md: 27.2 C and 25.5 C

@@ -16,9 +16,9 @@ from firmware_sim.airtime import eu868_sub_band
 from firmware_sim.engine import Engine, SimNode
 from firmware_sim.nodes import Sensor, SensorNode
 from firmware_sim.radio import Delivery, RadioConfig
-from gateway import lpp
-from gateway.lorawan import SessionKeys, UplinkDecoder
 from gateway.records import RadioFrame, Rejected
+from gateway.uplink import lpp
+from gateway.uplink.lorawan import SessionKeys, UplinkDecoder
 
 # No randomness in the channel unless a test asks for it.
 QUIET = RadioConfig(shadowing_db=0, fading_db=0, duty_cycle=False, losses=False, capture_db=None)

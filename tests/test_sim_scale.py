@@ -11,7 +11,7 @@ from pathlib import Path
 from firmware_sim.engine import Engine
 from firmware_sim.scenario import build_nodes, bundled, load_scenario
 from firmware_sim.simulation import Simulation
-from gateway.lorawan import SessionKeys
+from gateway.uplink.lorawan import SessionKeys
 
 
 def rss_bytes() -> int:

@@ -16,8 +16,8 @@ from firmware_sim.engine import Engine
 from firmware_sim.scenario import Scenario, build_nodes, bundled, load_scenario
 from firmware_sim.simulation import Simulation
 from gateway.config import ConfigError
-from gateway.devices import load_devices
-from gateway.lorawan import SessionKeys
+from gateway.uplink.devices import load_devices
+from gateway.uplink.lorawan import SessionKeys
 
 ORIGIN = 1_780_000_000.0
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import lpp
-from gateway.dialects import Dialect
-from gateway.lorawan import UplinkDecoder
+from gateway.radio.dialects import Dialect
 from gateway.records import RadioFrame, Reading, Rejected
-from gateway.rejections import RejectionCounter
+from gateway.uplink import lpp
+from gateway.uplink.lorawan import UplinkDecoder
+from gateway.uplink.rejections import RejectionCounter
 
 
 @dataclass(slots=True)

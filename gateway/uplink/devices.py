@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.config import ConfigError, format_validation_error, read_toml
-from gateway.lorawan import SessionKeys
+from gateway.uplink.lorawan import SessionKeys
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SECRET_FIELDS = frozenset({"nwk_skey", "app_skey"})

@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.detector import Detector
+from gateway.commands.common import error
+from gateway.detect.detector import Detector
 from gateway.records import Reading
 
 _PROGRESS_EVERY_S = 2.0
@@ -147,12 +148,12 @@ def build_detector(bundle: Path | None, config: Path | None) -> Detector:
     """The daemon's detector: the configuration's [detector] table (defaults without one) and,
     unless `bundle` says otherwise, the daemon's model: the active one, else the packaged default."""
     from gateway.config import GatewayConfig, load_config
-    from gateway.model_store import (
+    from gateway.detect.model_store import (
         active_bundle,
         default_model_root,
         packaged_default_bundle,
     )
-    from gateway.scoring import OnnxScorer
+    from gateway.detect.scoring import OnnxScorer
 
     cfg = load_config(config) if config is not None else GatewayConfig()  # errors name file and key
     if bundle is None:
@@ -161,7 +162,7 @@ def build_detector(bundle: Path | None, config: Path | None) -> Detector:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from gateway.scoring import BundleError
+    from gateway.detect.scoring import BundleError
 
     path = Path(args.csv)
     out_path = Path(args.out)
@@ -183,10 +184,10 @@ def handler(args: argparse.Namespace) -> int:
                 )
             tmp.replace(out_path)
     except (InputError, BundleError) as e:
-        print(f"lora-gateway detect: {e}", file=sys.stderr)
+        error(e, "detect")
         return 2
     except OSError as e:
-        print(f"lora-gateway detect: {e.filename}: {e.strerror}", file=sys.stderr)
+        error(f"{e.filename}: {e.strerror}", "detect")
         return 2
     finally:
         tmp.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import serial
 
 from gateway.config import SerialConfig
-from gateway.dialects import Dialect
+from gateway.radio.dialects import Dialect
 from gateway.records import Rejected
 
 MAX_LINE = 1024  # a 255-byte frame hex-encoded with its envelope fits well inside

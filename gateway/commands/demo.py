@@ -291,7 +291,7 @@ def run_demo(args: argparse.Namespace) -> int:
         with gateway_log.open("wb") as log_file:
             # In the demo's process group: whatever ends the whole group (a terminal's Ctrl-C, a supervisor's
             # kill) ends it too; a hangup only reloads its model, and the demo then stops it with SIGTERM.
-            gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+            gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
                                        stdout=log_file, stderr=subprocess.STDOUT)
         sim.start()
         header = [

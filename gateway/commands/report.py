@@ -13,8 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.health import CONFIG_HELP
-from gateway.history import History, HistoryRow, alert_spans
+from gateway.commands.common import CONFIG_HELP, error, load
+from gateway.service.history import History, HistoryRow, alert_spans
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -72,18 +72,15 @@ def plot(rows: list[HistoryRow], device: str, out: Path, thresholds: tuple[float
 
 
 def handler(args: argparse.Namespace) -> int:
-    from gateway.cli import _config_path
-    from gateway.config import load_config
-
     try:
         import matplotlib  # noqa: F401  (checked before any work)
     except ModuleNotFoundError:
         print("lora-gateway report needs matplotlib: pip install 'lora-gateway[report]'", file=sys.stderr)
         return 1
-    cfg = load_config(_config_path(args.config))
+    cfg = load(args.config)
     state_path = cfg.state_path
     if not state_path.exists():
-        print(f"lora-gateway report: {state_path}: no state database yet", file=sys.stderr)
+        error(f"{state_path}: no state database yet", "report")
         return 1
     since = time.time() - args.since
     history = History(state_path)
@@ -94,8 +91,7 @@ def handler(args: argparse.Namespace) -> int:
         history.close()
     if not rows:
         hint = f"devices with history: {', '.join(known)}" if known else "no device has history yet"
-        print(f"lora-gateway report: no readings of {args.device!r} in the last {args.since:g} s ({hint})",
-              file=sys.stderr)
+        error(f"no readings of {args.device!r} in the last {args.since:g} s ({hint})", "report")
         return 1
     # Device-wide settings; a channel may override them, so these lines are a guide for tuning.
     settings = cfg.detector.resolve(args.device, "")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.scoring import (
+from gateway.detect.scoring import (
     MANIFEST,
     MODEL_FP32,
     MODEL_INT8,

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.health import HealthSnapshot
+from gateway.service.health import HealthSnapshot
 
 DEFAULT_PORT = 9108
 # Line read -> publish call: tens of microseconds normally, milliseconds when the model runs.

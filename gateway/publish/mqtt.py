@@ -25,8 +25,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.config import MqttConfig
-from gateway.outbox import Outbox, OutboxMessage
-from gateway.telemetry import to_json
+from gateway.publish.outbox import Outbox, OutboxMessage
+from gateway.publish.telemetry import to_json
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class MqttPublisher:
             self._send(self.topic("bridge/info"), to_json(info), qos=1, retain=True)
 
     def publish_state(self, device: str, payload: str) -> None:
-        """A device's last reading (gateway.telemetry.telemetry_payload), retained."""
+        """A device's last reading (gateway.publish.telemetry.telemetry_payload), retained."""
         self._retain(self.topic(device), payload)
 
     def publish_availability(self, device: str, online: bool) -> None:

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.model_store import (
+from gateway.commands.common import error
+from gateway.detect.model_store import (
     InstalledBundle,
     activate,
     active_bundle,
@@ -29,7 +30,7 @@ from gateway.model_store import (
     remove,
     verify_bundle,
 )
-from gateway.scoring import MANIFEST, BundleError
+from gateway.detect.scoring import MANIFEST, BundleError
 
 if TYPE_CHECKING:  # the toolchain needs torch: imported for real only inside the handlers
     from models.export import BuildOptions
@@ -44,7 +45,7 @@ class NeedsTorch(Exception):
 
 
 def _err(message: str) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    error(message, "model")
     return 2
 
 

@@ -35,8 +35,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import lpp
 from gateway.records import Reading, Rejected
+from gateway.uplink import lpp
 
 UPLINK_TOPIC = "application/+/device/+/event/up"
 

@@ -1,0 +1,31 @@
+"""What the subcommands share: which configuration file they read, and how they report a failure."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from gateway.config import GatewayConfig, load_config
+
+DEFAULT_CONFIG = Path("/etc/lora-gateway/config.toml")
+CONFIG_HELP = f"configuration file (default: $LORA_GATEWAY_CONFIG or {DEFAULT_CONFIG})"
+
+
+def config_path(value: str | None) -> Path:
+    """The file named by --config, else by $LORA_GATEWAY_CONFIG, else the default."""
+    if value:
+        return Path(value)
+    env = os.environ.get("LORA_GATEWAY_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def load(value: str | None) -> GatewayConfig:
+    """The configuration of `config_path(value)`, validated (ConfigError names file, key and value)."""
+    return load_config(config_path(value))
+
+
+def error(message: object, command: str = "") -> None:
+    """One line on stderr, after the command that failed: `lora-gateway detect: ...`."""
+    prog = f"lora-gateway {command}" if command else "lora-gateway"
+    print(f"{prog}: {message}", file=sys.stderr)

@@ -1,0 +1,118 @@
+"""What the detector keeps per device and channel: a channel's time scales, its rules on the
+raw readings (beyond its range, stuck) and its alert state; a device's channels and alert.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+
+from gateway.detect.settings import Tunables
+from gateway.detect.windows import Scale
+
+_MIN_CHANGES = 32  # changes of value before runs of identical readings are judged
+_MIN_STUCK = 8  # the shortest run of identical readings that can be "stuck"
+
+
+class Channel:
+    """Everything the detector keeps for one (device, channel): its scales, rules and alert state."""
+
+    __slots__ = (
+        "cfg",
+        "changes",
+        "hi",
+        "hold",
+        "lag",
+        "last",
+        "likelihood",
+        "lo",
+        "longest",
+        "lpos",
+        "over",
+        "raised",
+        "run",
+        "scales",
+        "seen",
+        "step",
+    )
+
+    def __init__(self, cfg: Tunables, base: int, window: int, history: int) -> None:
+        self.cfg = cfg
+        # The range takes a reading in only `window` readings later, so that a drift is measured
+        # against where the channel was, not against where it has drifted to.
+        self.lag = array("d", [math.nan] * window)
+        self.lpos = 0
+        self.scales = [Scale(base * s, window, history, cfg) for s in sorted(set(cfg.scales))]
+        self.seen = 0
+        self.over = 0
+        self.raised = False
+        self.likelihood = 0.0
+        self.lo = math.inf  # the range of every reading so far
+        self.hi = -math.inf
+        self.hold = 0  # readings left for which an out-of-range reading keeps the likelihood at 1
+        self.last = math.nan  # runs of identical readings
+        self.run = 0
+        self.longest = 0
+        self.changes = 0
+        self.step = math.inf  # the smallest change between readings: the sensor's resolution, roughly
+
+    def rules(self, x: float, hold: int) -> bool:
+        """Update range and runs with x; True if x is out of range or a stuck run (see the settings).
+
+        An out-of-range reading stays anomalous for `hold` readings, while it is in the model's
+        window, so that the alert it raises does not clear at the next ordinary reading.
+        """
+        # Once per reading: locals and comparisons instead of min/max calls. Each comparison keeps
+        # the old value exactly where min/max would (they keep the first argument against NaN, a
+        # lag slot not yet filled).
+        cfg = self.cfg
+        tol = cfg.range_tolerance
+        if tol > 0:
+            lo, hi, step = self.lo, self.hi, self.step
+            # Two steps of resolution at least: a 10 mV battery ADC is not out of range by one step.
+            margin = (hi - lo) * tol
+            resolution = 2.0 * step if step < math.inf else 0.0
+            if resolution > margin:  # noqa: PLR1730 (max() costs a call per reading)
+                margin = resolution
+            if margin > 0 and (x > hi + margin or x < lo - margin):
+                self.hold = hold
+            lag = self.lag
+            lpos = self.lpos
+            old = lag[lpos]
+            lag[lpos] = x
+            self.lpos = lpos + 1 if lpos + 1 < len(lag) else 0
+            if old < lo:
+                self.lo = old
+            if old > hi:
+                self.hi = old
+        run = self.run
+        if x == self.last:
+            run += 1
+        else:
+            if run:
+                change = abs(x - self.last)
+                if change < self.step:  # noqa: PLR1730
+                    self.step = change
+            if run > self.longest:  # noqa: PLR1730
+                self.longest = run
+            self.last = x
+            run = 1
+            self.changes += 1
+        self.run = run
+        if self.hold > 0:
+            self.hold -= 1
+            return True
+        # Stuck: at least _MIN_STUCK long and longer than twice the longest run before.
+        return cfg.stuck_runs and self.changes >= _MIN_CHANGES and run >= _MIN_STUCK and run > 2 * self.longest
+
+
+class Device:
+    """A device's channels, those it ignores, and its alert state."""
+
+    __slots__ = ("channels", "ignored", "raised", "since")
+
+    def __init__(self) -> None:
+        self.channels: dict[str, Channel] = {}
+        self.ignored: set[str] = set()
+        self.raised = False
+        self.since = 0.0  # time of the raise, for the alert id

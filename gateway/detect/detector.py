@@ -1,0 +1,241 @@
+"""Online anomaly detection per device and channel, and the alerts a person sees.
+
+reading -> per channel and time scale (1, 4, 16 readings per value) a ring buffer -> robust
+normalization (the model's manifest) -> ONE batched model call for every window ready in an
+`observe` -> anomaly likelihood of each score against the scale's own past scores -> the
+channel's likelihood (the highest of its scales, or 1 for a reading beyond the channel's
+range or a stuck run) -> per-device alert state (warm-up, minimum duration, hysteresis) ->
+`AlertTransition` (the MQTT alert payload).
+
+One module a step: windows (ring buffers, normalized batched scoring), likelihood, channel
+(rules and state per channel), alerts, persistence (the state database), settings; this one
+composes them.
+
+The per-reading path is plain Python floats on purpose: a numpy call costs about a
+microsecond, more than the arithmetic it would replace; numpy is used where it batches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from gateway.detect import persistence
+from gateway.detect.alerts import AlertTransition, alert_step, device_transition
+from gateway.detect.channel import Channel, Device
+from gateway.detect.settings import DetectorSettings, Tunables
+from gateway.detect.windows import Scale, Scorer, score_windows
+from gateway.records import Reading
+from gateway.service.state import StateStore
+
+_MIN_HISTORY_FRACTION = 4  # score once a quarter of the normalization history is there
+
+
+@dataclass(slots=True)
+class DetectorOutput:
+    """The detector's view of one reading. `scores` are raw model scores, `likelihood` in [0, 1];
+    both only for channels whose window was scored; `score` = max likelihood (0 if none)."""
+
+    device: str
+    time: float
+    scores: dict[str, float] = field(default_factory=dict)
+    likelihood: dict[str, float] = field(default_factory=dict)
+    score: float = 0.0
+    alert_state: Literal["ok", "raised"] = "ok"
+    transition: AlertTransition | None = None
+
+
+class Detector:
+    """Scores readings as they arrive; see the module docstring. Not thread-safe: one caller."""
+
+    def __init__(self, scorer: Scorer, settings: DetectorSettings | None = None, store: StateStore | None = None) -> None:
+        self.settings = settings or DetectorSettings()
+        self.store = store
+        self.scorer = scorer
+        self._devices: dict[str, Device] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._dirty_devices: set[str] = set()
+        # Effective settings by the overrides that apply (channel, device, device/channel): the
+        # channels that share them share one object (about 1.4 KB each).
+        self._resolved: dict[tuple[str | None, str | None, str | None], Tunables] = {}
+        if store is not None:
+            persistence.load(store, self.model_label, self._devices, self._new_channel)
+
+    @property
+    def model_label(self) -> str:
+        return f"{self.scorer.name}@{self.scorer.version}"
+
+    def _new_channel(self, device: str, name: str) -> Channel | None:
+        settings = self.settings
+        specific = f"{device}/{name}"
+        key = (name if name in settings.channels else None, device if device in settings.devices else None,
+               specific if specific in settings.channels else None)
+        cfg = self._resolved.get(key)
+        if cfg is None:
+            cfg = self._resolved[key] = settings.resolve(device, name)
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in cfg.ignore):
+            return None
+        window = cfg.window or self.scorer.window
+        if window % self.scorer.window:
+            raise ValueError(
+                f"detector window {window} for {device}/{name} is not a multiple of the model's window "
+                f"{self.scorer.window}"
+            )
+        return Channel(cfg, window // self.scorer.window, self.scorer.window, self.scorer.normalization.history)
+
+    def observe(self, readings: list[Reading]) -> list[DetectorOutput]:
+        """One output per reading, in order; every window ready here goes to the model in one call.
+
+        Two passes around that call: the first feeds each value to its channel's rules and
+        buffers and collects the windows ready; the second turns their scores into likelihoods
+        and alert states, reading by reading. This runs per value at the gateway's full rate:
+        locals, no per-value dicts.
+        """
+        W = self.scorer.window
+        ready_at = W + self.scorer.normalization.history // _MIN_HISTORY_FRACTION
+        devices = self._devices
+        dirty = self._dirty
+        isfinite = math.isfinite
+        devs: list[Device] = []
+        windows: list[np.ndarray] = []
+        scored: list[Scale] = []  # the scale of each window
+        n_windows = 0
+        # Per value scored or flagged: (reading index, channel name, channel, the channel's reading
+        # count then (the warm-up is judged per reading), flagged by the rules, end of its windows).
+        work: list[tuple[int, str, Channel, int, bool, int]] = []
+        for i, r in enumerate(readings):
+            device = r.device
+            dev = devices.get(device)
+            if dev is None:
+                dev = devices[device] = Device()
+            devs.append(dev)
+            channels = dev.channels
+            for name, x in r.values.items():
+                ch = channels.get(name)
+                if ch is None:
+                    if name in dev.ignored:
+                        continue
+                    ch = self._new_channel(device, name)
+                    if ch is None:
+                        dev.ignored.add(name)
+                        continue
+                    channels[name] = ch
+                if not isfinite(x):
+                    continue  # a sensor error value is not a reading to learn from
+                seen = ch.seen = ch.seen + 1
+                dirty.add((device, name))
+                # During the warm-up the rules only learn (range, runs); after it they can flag.
+                flag = ch.rules(x, W) and seen > ready_at and seen > ch.cfg.warmup
+                first = n_windows
+                for scale in ch.scales:
+                    if scale.add(x) and scale.seen >= ready_at:
+                        windows.append(scale.window())
+                        scored.append(scale)
+                        n_windows += 1
+                if flag or n_windows > first:
+                    work.append((i, name, ch, seen, flag, n_windows))
+
+        scores: list[float] = score_windows(self.scorer, windows).tolist() if windows else []
+        outputs: list[DetectorOutput] = []
+        j = w = 0
+        n_work = len(work)
+        for i, (r, dev) in enumerate(zip(readings, devs)):
+            out_scores: dict[str, float] = {}
+            likelihood: dict[str, float] = {}
+            late: list[str] = []  # flagged without a likelihood of their own: they come last
+            while w < n_work and work[w][0] == i:
+                _, name, ch, seen, flag, end = work[w]
+                w += 1
+                cfg = ch.cfg
+                like: float | None = None
+                if j < end:
+                    out_scores[name] = scores[j]  # the finest scale scored at this reading
+                    judged = False
+                    while j < end:
+                        if scored[j].update_likelihood(scores[j], cfg.low_scores) is not None:
+                            judged = True
+                        j += 1
+                    if judged:
+                        # The channel is as anomalous as its most anomalous scale (coarse ones hold
+                        # their last value between their updates).
+                        like = -math.inf
+                        for sc in ch.scales:
+                            v = sc.likelihood
+                            if v is not None and v > like:
+                                like = v
+                        likelihood[name] = like
+                if flag:
+                    if like is None:
+                        late.append(name)
+                    else:
+                        likelihood[name] = 1.0
+                    like = 1.0
+                if like is None:
+                    continue
+                ch.likelihood = like
+                if ch.raised or like >= cfg.raise_threshold:
+                    ch.raised, ch.over = alert_step(ch.raised, ch.over, like, seen, cfg)
+                else:
+                    ch.over = 0  # alert_step's answer for a quiet channel, without the call
+            for name in late:
+                likelihood[name] = 1.0
+            out = DetectorOutput(r.device, r.time, out_scores, likelihood, max(likelihood.values()) if likelihood else 0.0)
+            raised = False
+            for ch in dev.channels.values():
+                if ch.raised:
+                    raised = True
+                    break
+            if raised != dev.raised:
+                self._alert_changed(out, dev, raised)
+            elif raised:
+                out.alert_state = "raised"
+            outputs.append(out)
+        return outputs
+
+    def _alert_changed(self, out: DetectorOutput, dev: Device, raised: bool) -> None:
+        """The device's alert was raised or cleared at `out`: record it and attach the transition."""
+        self._dirty_devices.add(out.device)
+        out.alert_state = "raised" if raised else "ok"
+        out.transition = device_transition(
+            out.device, dev, raised, out.time, out.score, out.likelihood, self.model_label
+        )
+
+    # -- state: persisted in the state database, kept across a model reload ----------------------
+
+    def flush(self) -> int:
+        """Write what changed since the last flush in one transaction; returns the records written."""
+        if self.store is None:
+            return 0
+        written = len(self._dirty) + len(self._dirty_devices)
+        if written:
+            persistence.save(self.store, self._devices, self._dirty, self._dirty_devices, self.model_label)
+        self._dirty.clear()
+        self._dirty_devices.clear()
+        return written
+
+    def replace_scorer(self, scorer: Scorer) -> None:
+        """Switch models (SIGHUP reload) keeping buffers and alert state; score histories are kept
+        for the same model and relearned for a different one (its scores are on another scale)."""
+        old_label = self.model_label
+        old = self.scorer
+        self.scorer = scorer
+        try:
+            rebuilt: dict[str, dict[str, Channel]] = {}
+            for device, dev in self._devices.items():
+                rebuilt[device] = {}
+                for name, ch in dev.channels.items():
+                    new = self._new_channel(device, name)
+                    assert new is not None  # ignore lists did not change
+                    persistence.decode_channel(new, persistence.encode_channel(ch, old_label), self.model_label)
+                    rebuilt[device][name] = new
+        except ValueError:
+            self.scorer = old  # e.g. a configured window the new model cannot take
+            raise
+        for device, channels in rebuilt.items():
+            self._devices[device].channels = channels
+            self._dirty.update((device, name) for name in channels)
+

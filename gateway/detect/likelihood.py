@@ -1,0 +1,96 @@
+"""Anomaly likelihood: how unusual a time scale's recent model scores are against its own past.
+
+A raw score says little alone: a noisy sensor's windows reconstruct worse than a quiet one's.
+So each scale judges its scores against the history of its own, Numenta-style, and yields a
+likelihood in [0, 1] that is comparable across channels and models.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+
+from gateway.detect.settings import Tunables
+
+_SCORE_FLOOR = 1e-4  # added before the log: scores this small are all "fits perfectly"
+_MIN_SCORES = 64  # scores before the likelihood is judged at all (the warm-up is usually longer)
+_MIN_STD = 0.3  # in log-score units: score changes within ~30% are never "unlikely"
+_MIN_VAR = _MIN_STD * _MIN_STD
+_WINSOR = 3.0  # past means further than this many sigmas count as this far in the history
+
+
+class ScoreLikelihood:
+    """The likelihood state of one stream of scores, a time scale's (`Scale` extends it): the
+    last `average` log-scores, and the running mean and variance of their means."""
+
+    __slots__ = ("hcount", "hmean", "horizon", "hvar", "likelihood", "recent", "rpos", "rsum")
+
+    def __init__(self, cfg: Tunables) -> None:
+        self.likelihood: float | None = None
+        self.recent = array("d", bytes(8 * cfg.average))
+        self.rpos = 0
+        self.rsum = 0.0
+        self.horizon = cfg.history
+        self.hcount = 0  # scores seen, up to `horizon`
+        self.hmean = 0.0
+        self.hvar = 0.0
+
+    def update_likelihood(self, score: float, low_scores: bool) -> float | None:
+        """Likelihood that the recent scores are abnormal, given this new score.
+
+        Numenta-style: the mean of the last `average` log-scores against a Gaussian of the
+        history of such means; z -> u = -log10(tail probability) -> 1 - 2^(-u/5), so 0.5
+        is a 1e-5 tail, 0.75 a 1e-10 tail. None while the history is too short to judge.
+        """
+        # Once per scored window: locals and comparisons instead of attribute traffic and min/max calls.
+        t = math.log(score + _SCORE_FLOOR)  # squared errors are heavy-tailed; their log is near normal
+        recent = self.recent
+        n_avg = len(recent)
+        rpos = self.rpos
+        self.rsum = rsum = self.rsum + (t - recent[rpos])
+        recent[rpos] = t
+        self.rpos = rpos + 1 if rpos + 1 < n_avg else 0
+        hcount = self.hcount
+        avg = rsum / (hcount + 1 if hcount < n_avg else n_avg)
+        hmean = self.hmean
+        hvar = self.hvar
+        delta = avg - hmean
+        result: float | None = None
+        # Mean and variance of the past means, as Numenta's history holds means: their spread is
+        # that of what is compared. Exponentially weighted over `history` scores (plain averages
+        # until then): the same as a window of that length, in two numbers instead of an array.
+        # An anomaly enters winsorized at 3 sigma: it must not widen the spread that the next
+        # anomaly is measured against (Numenta's history takes it in whole).
+        if hcount >= _MIN_SCORES:
+            std = math.sqrt(hvar) if hvar > _MIN_VAR else _MIN_STD
+            z = delta / std
+            if low_scores:
+                z = abs(z)
+            result = 1.0 - 2.0 ** (-_neg_log10_tail(z) / 5.0)
+            limit = _WINSOR * std
+            # max(-limit, min(limit, delta)), the same for every input (NaN included) without the calls.
+            if not delta < limit:
+                delta = limit
+            elif not delta > -limit:
+                delta = -limit
+        horizon = self.horizon
+        w = 1.0 / (hcount + 1 if hcount < horizon else horizon)
+        self.hmean = hmean + w * delta
+        self.hvar = (1.0 - w) * (hvar + w * delta * delta)
+        if hcount < horizon:
+            self.hcount = hcount + 1
+        self.likelihood = result
+        return result
+
+
+_SQRT_2 = math.sqrt(2.0)
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+_LN_10 = math.log(10.0)
+
+
+def _neg_log10_tail(z: float) -> float:
+    """-log10 of the upper tail probability of a standard normal at z, without underflow."""
+    if z < 8.0:
+        return -math.log10(0.5 * math.erfc(z / _SQRT_2))
+    # Mills ratio asymptote: Q(z) ~ phi(z) / z, within 2% of the exact log from z = 8 on.
+    return (z * z / 2.0 + math.log(z * _SQRT_2PI)) / _LN_10

@@ -1,0 +1,132 @@
+"""The detector's settings: the `[detector]` table, and the overrides of it per device and channel.
+
+`DetectorSettings.resolve` gives one channel's effective `Tunables`; the detector resolves each
+channel once and shares the result between the channels with the same overrides.
+"""
+
+from __future__ import annotations
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+
+
+class Tunables(BaseModel):
+    """One channel's effective settings: every key of `[detector]` but the override tables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: int | None = Field(
+        None, ge=1,
+        description="Readings per scored window; default: the model's window. A multiple k of the model's "
+        "window lets it see a k times longer span: values are averaged in groups of k.",
+    )
+    warmup: int = Field(
+        600, ge=0,
+        description="Readings of a channel before it may raise an alert (it learns meanwhile); best at least a "
+        "daily cycle of the sensor, so that its range and scores are known.",
+    )
+    raise_threshold: float = Field(
+        0.5, gt=0, le=1,
+        description="Raise when the anomaly likelihood reaches this. Likelihood 1 - 2^(-u/5) with u = "
+        "-log10(chance that the recent scores are normal): 0.35 = a 1e-3 chance, 0.5 = 1e-5, 0.75 = 1e-10.",
+    )
+    clear_threshold: float = Field(
+        0.3, ge=0, lt=1, description="Clear when every raised channel's likelihood falls below this (< raise_threshold)."
+    )
+    min_duration: int = Field(
+        1, ge=1, description="Consecutive readings at or above raise_threshold before the alert is raised."
+    )
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="Channel names (shell patterns, e.g. 'battery_*') that are not scored.",
+    )
+    history: int = Field(
+        10000, ge=50,
+        description="How many recent scores (per time scale, exponentially weighted) a new one is compared with.",
+    )
+    average: int = Field(
+        2, ge=1, description="Consecutive scores averaged before the comparison (smooths single-reading noise)."
+    )
+    scales: list[int] = Field(
+        [1, 4, 16], min_length=1,
+        description="Time scales scored per channel: 1 = windows of the last `window` readings; 4 = of means of "
+        "4 readings, a span 4 times as long (slow drifts, daily patterns). The channel's likelihood is the "
+        "highest of its scales'.",
+    )
+    range_tolerance: float = Field(
+        0.25, ge=0,
+        description="A reading beyond the lowest or highest the channel has ever reported, by more than this "
+        "fraction of that range, is anomalous at once (likelihood 1). 0 disables the rule.",
+    )
+    stuck_runs: bool = Field(
+        True,
+        description="A run of identical readings at least 8 long and more than twice as long as any the channel "
+        "has shown before is anomalous (a stuck sensor).",
+    )
+    low_scores: bool = Field(
+        True,
+        description="Also alert on unusually LOW model scores: a stuck sensor's flat readings fit the model "
+        "better than its usual noise does.",
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> Tunables:
+        if self.clear_threshold >= self.raise_threshold:
+            raise ValueError(
+                f"clear_threshold ({self.clear_threshold}) must be below raise_threshold ({self.raise_threshold})"
+            )
+        return self
+
+
+_TUNABLE_FIELDS = tuple(Tunables.model_fields)
+
+# The same fields, all optional: a device or channel table sets only what differs.
+DetectorOverrides = create_model(  # type: ignore[call-overload]
+    "DetectorOverrides",
+    __config__=ConfigDict(extra="forbid"),
+    **{
+        name: (info.annotation | None, Field(None, description=info.description))  # type: ignore[operator]
+        for name, info in Tunables.model_fields.items()
+    },
+)
+
+
+class DetectorSettings(Tunables):
+    """The `[detector]` table. Overrides: `[detector.channels.<channel>]` for a channel name on every
+    device, `[detector.devices.<device>]` for one device, `[detector.channels."<device>/<channel>"]`
+    for one channel of one device; the more specific wins."""
+
+    devices: dict[str, DetectorOverrides] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="Per-device overrides of the settings above."
+    )
+    channels: dict[str, DetectorOverrides] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="Per-channel overrides: key '<channel>' or '<device>/<channel>'."
+    )
+
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> DetectorSettings:
+        for where, table in (("devices", self.devices), ("channels", self.channels)):
+            for key in table:
+                device, _, channel = key.rpartition("/") if where == "channels" else (key, "", "")
+                try:
+                    self.resolve(device or "", channel)
+                except ValueError as e:
+                    raise ValueError(f"{where}.{key}: {e}") from None
+        return self
+
+    def resolve(self, device: str, channel: str) -> Tunables:
+        """Effective settings of one channel: global < channel < device < device/channel."""
+        merged = {name: getattr(self, name) for name in _TUNABLE_FIELDS}
+        for override in (self.channels.get(channel), self.devices.get(device), self.channels.get(f"{device}/{channel}")):
+            if override is not None:
+                merged.update(override.model_dump(exclude_none=True))
+        try:
+            return Tunables.model_validate(merged)
+        except ValidationError as e:
+            raise ValueError("; ".join(f"{'.'.join(map(str, x['loc'])) or 'settings'}: {x['msg']}" for x in e.errors())) from None

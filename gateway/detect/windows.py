@@ -1,0 +1,118 @@
+"""Per-channel windows -> model scores: a ring buffer per time scale, and one normalized,
+batched model call for every window ready.
+
+A channel is watched on several time scales (1, 4, 16 readings per value): each keeps block
+means of k readings, and its newest `window` values are scored against the history before them.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Protocol
+
+import numpy as np
+
+from gateway.detect.likelihood import ScoreLikelihood
+from gateway.detect.scoring import Normalization
+from gateway.detect.settings import Tunables
+
+_SCORE_CAP = 1e30  # scores are capped here: far beyond any alert, still finite
+_SLACK = 32  # buffer values past a scale's length: see Scale
+
+
+class Scorer(Protocol):
+    """What the detector needs of a model (gateway.detect.scoring.OnnxScorer is one)."""
+
+    window: int
+    name: str
+    version: str
+    normalization: Normalization
+
+    def score(self, windows: np.ndarray) -> np.ndarray: ...
+
+
+class Scale(ScoreLikelihood):
+    """One time scale of a channel: block means of k readings in a ring buffer, and (inherited)
+    the anomaly likelihood state of the model's scores of those windows."""
+
+    __slots__ = ("acc", "buf", "cnt", "end", "k", "length", "seen", "values")
+
+    def __init__(self, k: int, window: int, history: int, cfg: Tunables) -> None:
+        super().__init__(cfg)
+        self.k = k
+        self.length = window + history
+        # The last `length` values are always one contiguous slice, values[end - length : end]:
+        # appended after each other, and once the slack past them is used up, the last ones move
+        # to the front (a memmove every _SLACK values). A ring would need two slices per window,
+        # a buffer of twice the length twice the memory. Written through the array (a Python
+        # float store, several times cheaper than numpy's), read through the view.
+        self.buf = array("d", bytes(8 * (self.length + _SLACK)))
+        self.values = np.frombuffer(self.buf, dtype=np.float64)
+        self.end = 0
+        self.seen = 0  # block means pushed
+        self.acc = 0.0  # sum and count of the block being filled
+        self.cnt = 0
+
+    def add(self, x: float) -> bool:
+        """Take one reading; True when it completed a block (a new value in the buffer)."""
+        k = self.k
+        if k > 1:
+            acc = self.acc + x
+            cnt = self.cnt + 1
+            if cnt < k:
+                self.acc = acc
+                self.cnt = cnt
+                return False
+            x = acc / k
+            self.acc = 0.0
+            self.cnt = 0
+        end = self.end
+        buf = self.buf
+        if end == len(buf):
+            keep = self.length - 1
+            buf[:keep] = buf[end - keep : end]
+            end = keep
+        buf[end] = x
+        self.end = end + 1
+        self.seen += 1
+        return True
+
+    def window(self) -> np.ndarray:
+        """A copy of all the values there are, up to `length`, oldest first: the window to score
+        and its history. A copy, as a later reading in the same batch moves the buffer."""
+        end = self.end
+        return self.values[end - min(self.seen, self.length) : end].copy()
+
+    def last_values(self, n: int) -> np.ndarray:
+        """The last n values (n <= length), oldest first, as a view."""
+        return self.values[self.end - n : self.end]
+
+
+def score_windows(scorer: Scorer, windows: list[np.ndarray]) -> np.ndarray:
+    """Normalize as the model's manifest says and score all windows in one model call."""
+    W = scorer.window
+    norm = scorer.normalization
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd readings: capped below
+        sizes = list(map(len, windows))
+        if sizes.count(sizes[0]) == len(sizes):  # past warm-up all windows have one length: one call
+            block = np.concatenate(windows).reshape(len(windows), -1)
+            rows = norm.apply(block[:, :-W], block[:, -W:])
+        else:
+            groups: dict[int, list[int]] = {}
+            for i, size in enumerate(sizes):
+                groups.setdefault(size, []).append(i)
+            rows = np.empty((len(windows), W), dtype=np.float32)
+            for size, idx in groups.items():
+                block = np.concatenate([windows[i] for i in idx]).reshape(len(idx), size)
+                rows[idx] = norm.apply(block[:, :-W], block[:, -W:])
+        # The model clips the window to +-clip and so cannot tell a window far outside the recent
+        # range from one at its edge (a flat window at -clip even reconstructs well). What the clip
+        # hides is added back as its squared excess, on the scale of the model's squared error.
+        excess = np.maximum(np.abs(rows.astype(np.float64)) - norm.clip, 0.0)
+        # nan_to_num costs ~10 us a call even when there is nothing to replace: only when needed.
+        if not np.isfinite(rows).all():
+            rows = np.nan_to_num(rows, nan=0.0)
+        scores = scorer.score(rows).astype(np.float64) + np.add.reduce(excess * excess, axis=1) / W
+        scores = np.minimum(scores, _SCORE_CAP)
+    # A reading like 1e300 must not poison the running statistics with inf or NaN.
+    return scores if np.isfinite(scores).all() else np.nan_to_num(scores, nan=_SCORE_CAP)

@@ -1,0 +1,154 @@
+"""The daemon's health snapshot, and the thread that writes it for `lora-gateway status`.
+
+The daemon rewrites a small JSON file beside its state database every few seconds
+(write to a temporary file, then rename: a reader never sees half a file);
+gateway.commands.status reads it from another process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.records import Reading
+
+log = logging.getLogger(__name__)
+
+INTERVAL_S = 2.0
+
+
+@dataclass(slots=True)
+class ModuleHealth:
+    port: str
+    dialect: str
+    connected: bool
+
+
+@dataclass(slots=True)
+class BrokerHealth:
+    host: str
+    port: int
+    connected: bool
+
+
+@dataclass(slots=True)
+class DeviceHealth:
+    name: str
+    last_seen: float  # unix time of the last accepted uplink
+    last_rssi: float | None
+    alert_state: str = "ok"
+    anomaly_score: float | None = None
+
+
+@dataclass(slots=True)
+class HealthSnapshot:
+    pid: int
+    started_at: float
+    written_at: float
+    module: ModuleHealth
+    broker: BrokerHealth
+    model: str | None  # "name@version", None before a model is active
+    devices: list[DeviceHealth] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count since start
+    frames_accepted: int = 0
+    outbox_depth: int = 0
+    telemetry_dropped: int = 0
+    interval_s: float = INTERVAL_S
+
+    @property
+    def uptime_s(self) -> float:
+        return self.written_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "uptime_s": self.uptime_s}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HealthSnapshot:
+        return cls(
+            pid=int(d["pid"]),
+            started_at=float(d["started_at"]),
+            written_at=float(d["written_at"]),
+            module=ModuleHealth(**d["module"]),
+            broker=BrokerHealth(**d["broker"]),
+            model=d.get("model"),
+            devices=[DeviceHealth(**x) for x in d.get("devices", [])],
+            rejected={str(k): int(v) for k, v in d.get("rejected", {}).items()},
+            frames_accepted=int(d.get("frames_accepted", 0)),
+            outbox_depth=int(d.get("outbox_depth", 0)),
+            telemetry_dropped=int(d.get("telemetry_dropped", 0)),
+            interval_s=float(d.get("interval_s", INTERVAL_S)),
+        )
+
+
+def health_path(state_path: Path) -> Path:
+    """The snapshot lives beside the state database: state.db -> state.health.json."""
+    return state_path.with_name(f"{state_path.stem}.health.json")
+
+
+def write_health(path: Path, snapshot: HealthSnapshot) -> None:
+    """Atomically replace the snapshot. No fsync: it is rewritten every few seconds, and an SD card wears."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(snapshot.to_dict(), f, separators=(",", ":"), allow_nan=False)
+        # Readable by an operator's `status` without the daemon's privileges: it holds no secrets.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class DeviceTable:
+    """Last sight of each device, fed by the daemon's loop and read by the health thread."""
+
+    def __init__(self) -> None:
+        self._devices: dict[str, DeviceHealth] = {}
+
+    def saw(self, reading: Reading, alert_state: str = "ok", anomaly_score: float | None = None) -> None:
+        # A fresh object per update: the reader copies the dict and never sees one half-updated.
+        rssi = reading.rssi if math.isfinite(reading.rssi) else None  # unknown, e.g. from ChirpStack without rxInfo
+        self._devices[reading.device] = DeviceHealth(reading.device, reading.time, rssi, alert_state, anomaly_score)
+
+    def rows(self) -> list[DeviceHealth]:
+        return sorted(dict(self._devices).values(), key=lambda d: d.name)
+
+
+class HealthReporter:
+    """Writes `collect()` to `path` every interval from its own thread, so a serial outage does not stop it."""
+
+    def __init__(self, path: Path, collect: Callable[[], HealthSnapshot], interval_s: float = INTERVAL_S) -> None:
+        self.path = path
+        self.collect = collect
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+
+    def start(self) -> HealthReporter:
+        self._write()
+        self._thread.start()
+        return self
+
+    def _write(self) -> None:
+        try:
+            write_health(self.path, self.collect())
+        except Exception as e:  # noqa: BLE001  (the thread must live on: a stale snapshot would read as a hang)
+            log.warning("cannot write the health snapshot %s: %s", self.path, e)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._write()
+
+    def stop(self) -> None:
+        """Stop and write a last snapshot; `status` then sees the pid gone."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._write()

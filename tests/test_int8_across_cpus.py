@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.model_store import packaged_default_bundle
-from gateway.scoring import MODEL_FP32, MODEL_INT8, PARITY_WINDOWS
+from gateway.detect.model_store import packaged_default_bundle
+from gateway.detect.scoring import MODEL_FP32, MODEL_INT8, PARITY_WINDOWS
 
 pytest.importorskip("onnx", reason="the U8S8 control is quantized with the [train] toolchain")
 from models.cross_cpu import NO_VNNI_CPU, qemu, score_on_cpu  # noqa: E402

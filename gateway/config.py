@@ -88,6 +88,14 @@ class MetricsConfig(_Section):
     address: str = Field("0.0.0.0", description="Address the metrics endpoint listens on.")
 
 
+class ModelGateConfig(_Section):
+    min_agreement: float = Field(
+        0.995, gt=0, le=1,
+        description="Int8/float alert agreement a model bundle needs, measured by this gateway on its own held "
+        "windows at `model install`, `model activate` and the reload on SIGHUP. A bundle's manifest cannot lower it.",
+    )
+
+
 class HistoryConfig(_Section):
     retention_days: float = Field(7.0, gt=0, description="Days of readings kept for `lora-gateway report`.")
 
@@ -114,6 +122,7 @@ class GatewayConfig(_Section):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     history: HistoryConfig = HistoryConfig()
+    model: ModelGateConfig = ModelGateConfig()
     input: Literal["serial", "chirpstack"] = Field(
         "serial", description="Where uplinks come from: a LoRa module on `serial`, or ChirpStack (`chirpstack`)."
     )

@@ -10,13 +10,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.detect.detector import Detector
-from gateway.detect.model_store import active_bundle, default_model_root, packaged_default_bundle
+from gateway.detect.model_store import active_bundle, default_model_root, packaged_default_bundle, verify_bundle
 from gateway.detect.scoring import BundleError, OnnxScorer
 from gateway.publish.availability import AvailabilityTracker
 from gateway.publish.discovery import Discovery
@@ -102,8 +103,8 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
 
-    def _load_scorer(self) -> OnnxScorer:
-        bundle = active_bundle(self.model_root) or packaged_default_bundle()
+    def _load_scorer(self, bundle: Path | None = None) -> OnnxScorer:
+        bundle = bundle or active_bundle(self.model_root) or packaged_default_bundle()
         scorer = OnnxScorer(bundle)
         log.info("model %s from %s", scorer.label, bundle)
         return scorer
@@ -299,7 +300,10 @@ class Daemon:
     def _reload_model(self) -> None:
         """SIGHUP: load the active bundle; a bundle that fails its checks never replaces the running one."""
         try:
-            scorer = self._load_scorer()
+            bundle = active_bundle(self.model_root) or packaged_default_bundle()
+            # This gateway's parity floor, as at install: a bundle activated with a lower one stays out.
+            verify_bundle(bundle, min_agreement=self.cfg.model.min_agreement)
+            scorer = self._load_scorer(bundle)
             self.detector.replace_scorer(scorer)
         except (BundleError, ValueError) as e:
             self._event({"type": "model_reload_failed", "detail": str(e), "time": time.time()})

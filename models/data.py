@@ -5,13 +5,13 @@ Everything is numpy and seeded, so the default model is reproducible bit for bit
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from gateway.detect.held import HELD_SERIES
 from gateway.detect.scoring import Normalization
 
 KINDS = ("temperature", "humidity", "vibration", "pump_current", "battery", "random_walk", "noise", "seasonal", "steps")
@@ -79,25 +79,6 @@ def synthetic_corpus(seed: int, n_series: int = 180, length: int = 3000) -> list
     """`n_series` series cycling through every kind, from one seed."""
     rng = np.random.default_rng(seed)
     return [synthetic_series(rng, KINDS[i % len(KINDS)], length) for i in range(n_series)]
-
-
-def read_csv_series(path: Path) -> np.ndarray:
-    """Values of a `timestamp,value` CSV (NAB layout; the last column is the value).
-
-    A header and unparsable rows are skipped; a file without any number is an error.
-    """
-    values: list[float] = []
-    with open(path, newline="") as f:
-        for row in csv.reader(f):
-            try:
-                v = float(row[-1])
-            except (ValueError, IndexError):
-                continue
-            if math.isfinite(v):
-                values.append(v)
-    if not values:
-        raise ValueError(f"{path}: no numeric values in the last column")
-    return np.asarray(values, dtype=np.float64)
 
 
 @dataclass
@@ -240,3 +221,25 @@ def event_set(seed: int, n_per_kind: int, window: int, norm: Normalization, span
                 out.append(norm.apply(hist, win))
             kinds.append(kind)
     return EventSet(np.stack(anomalous), np.stack(clean), np.asarray(kinds))
+
+
+HELD_SEED = 303  # a corpus no training (seed 0 on), calibration (102) or build check (203) draws from
+
+
+def held_series(seed: int = HELD_SEED, per_kind: int = 3, length: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The gateway's own held series (gateway/detect/held_series.npz): normal series of every kind,
+    and the same series with an anomaly event every 192 samples; float32 [N, length] each."""
+    norm = Normalization()
+    normal = np.stack(synthetic_corpus(seed, per_kind * len(KINDS), length))
+    rng = np.random.default_rng(seed + 1)
+    anomalous = normal.copy()
+    for i, s in enumerate(anomalous):
+        for j, t0 in enumerate(range(192, length - 32, 192)):
+            _, sigma = norm.stats(s[t0 - norm.history : t0])
+            _inject_series(rng, s, t0, ANOMALIES[(i + j) % len(ANOMALIES)], float(sigma), 32)
+    return normal.astype(np.float32), anomalous.astype(np.float32)
+
+
+def write_held_series(path: Path = HELD_SERIES) -> None:
+    normal, anomalous = held_series()
+    np.savez_compressed(path, normal=normal, anomalous=anomalous)

@@ -33,13 +33,16 @@ from onnxruntime.quantization import (
 from torch import nn
 
 import gateway
-from gateway.detect.model_store import compare_scores, verify_bundle, write_manifest
+from gateway.detect.held import HeldSet, site_held
+from gateway.detect.model_store import alert_threshold, compare_scores, verify_bundle, write_manifest
 from gateway.detect.scoring import (
     MODEL_FP32,
     MODEL_INT8,
     PARITY_WINDOWS,
     BundleError,
+    Normalization,
     load_session,
+    sha256_file,
 )
 from models.arch import ModelConfig, count_params
 from models.data import detection_set
@@ -79,6 +82,7 @@ class BuildOptions:
     held_per_anomaly: int = 400
     bundle_windows: int = 1024  # held windows shipped in the bundle, re-checked at install (1024: one flip is 0.1%)
     threshold_quantile: float = 99.0  # reference alert threshold: this percentile of float scores on normal windows
+    site: tuple[Path, ...] = ()  # a site's CSV files: half their windows calibrate, the other half are checked
     source: dict[str, Any] = field(default_factory=dict)
 
 
@@ -171,6 +175,23 @@ def _created() -> str:
     return when.replace(microsecond=0).isoformat()
 
 
+def _split_site(opts: BuildOptions, window: int, norm: Normalization) -> tuple[list[HeldSet], list[HeldSet]]:
+    """Each site CSV's windows, split at random into a calibration half and a checked half."""
+    rng = np.random.default_rng(opts.calib_seed)
+    calib, checked = [], []
+    for path in opts.site:
+        site = site_held(path, window, norm)
+        order = rng.permutation(len(site.windows))
+        half = len(order) // 2
+        for part, into in ((np.sort(order[:half]), calib), (np.sort(order[half:]), checked)):
+            into.append(HeldSet(site.source, site.windows[part], site.normal[part]))
+    return calib, checked
+
+
+def _site_record(path: Path, windows: np.ndarray) -> dict[str, Any]:
+    return {"file": path.name, "sha256": sha256_file(path), "windows": len(windows)}
+
+
 def build_bundle(
     model: nn.Module, cfg: ModelConfig, out_dir: Path, opts: BuildOptions, log: Callable[[str], None] = lambda _: None
 ) -> dict[str, Any]:
@@ -194,21 +215,29 @@ def build_bundle(
                 fp32, f"exported graph differs from the torch model (max diff {np.abs(eager - f_scores).max():.3g})"
             )
 
-        log(f"calibrating int8 on {opts.calib_windows} windows")
         per = max(1, opts.calib_windows // 10)
         calib = detection_set(opts.calib_seed, opts.calib_windows - 5 * per, per, cfg.window, norm).windows
+        site_calib, site_checks = _split_site(opts, cfg.window, norm)
+        calib = np.concatenate([calib, *(s.windows for s in site_calib)])
+        log(f"calibrating int8 on {len(calib)} windows")
         int8 = quantize(fp32, work / MODEL_INT8, calib, opts.quant)
 
         log("checking parity")
         threshold = float(np.percentile(f_scores[held.labels == 0], opts.threshold_quantile))
         fig = compare_scores(f_scores, run(int8, held.windows), threshold)
-        if fig.agreement < opts.min_agreement:
-            weights = opts.source.get("weights", {}).get("file", "the weights")
-            raise BundleError(
-                out_dir / MODEL_INT8,
-                f"parity gate failed for the int8 model of {weights}: int8 and float alerts agree on "
-                f"{fig.agreement:.2%} of {fig.windows} held windows (need {opts.min_agreement:.2%}); nothing was written",
-            )
+        site_figs = []
+        for site in site_checks:
+            site_f = run(fp32, site.windows)
+            site_figs.append(compare_scores(site_f, run(int8, site.windows), alert_threshold(site_f)))
+        weights = opts.source.get("weights", {}).get("file", "the weights")
+        for source, f in [("synthetic held windows", fig), *zip((s.source for s in site_checks), site_figs)]:
+            log(f"parity on {source}: {f.summary()}")
+            if f.agreement < opts.min_agreement:
+                raise BundleError(
+                    out_dir / MODEL_INT8,
+                    f"parity gate failed for the int8 model of {weights} on {source}: {f.summary()} "
+                    f"(need {opts.min_agreement:.2%}); nothing was written",
+                )
         pick = np.random.default_rng(opts.held_seed).choice(len(held.windows), opts.bundle_windows, replace=False)
         # float16 halves the file; both models are later compared on the same rounded values
         np.save(work / PARITY_WINDOWS, held.windows[np.sort(pick)].astype(np.float16), allow_pickle=False)
@@ -242,9 +271,10 @@ def build_bundle(
                 "tool": "onnxruntime.quantization.quantize_static",
             },
             "calibration": {
-                "source": "synthetic normal + injected anomalies",
+                "source": "synthetic normal + injected anomalies" + (" + site data" if opts.site else ""),
                 "seed": opts.calib_seed,
                 "windows": len(calib),
+                "site": [_site_record(p, c.windows) for p, c in zip(opts.site, site_calib)],
             },
             "parity": {
                 **fig.to_manifest(),
@@ -252,11 +282,15 @@ def build_bundle(
                 "held": {"seed": opts.held_seed, "normal": opts.held_normal, "per_anomaly": opts.held_per_anomaly},
                 "min_agreement": opts.min_agreement,
                 "bundle_windows": opts.bundle_windows,
+                "site": [
+                    {**_site_record(p, s.windows), **f.to_manifest()}
+                    for p, s, f in zip(opts.site, site_checks, site_figs)
+                ],
             },
             "source": opts.source,
         }
         write_manifest(work, manifest)
-        verify_bundle(work)
+        verify_bundle(work, min_agreement=opts.min_agreement)
         work.chmod(0o755)  # mkdtemp made it private; a bundle is for everyone to read
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         os.rename(work, out_dir)

@@ -12,7 +12,7 @@ import torch
 
 from models.arch import ModelConfig
 from models.export import BuildOptions, build_bundle
-from models.lora import Adapter, linear_modules, merge_adapter, read_adapter, write_adapter
+from models.lora import Adapter, check_base, linear_modules, merge_adapter, provenance, read_adapter, write_adapter
 from models.train import Progress, TrainOptions, adapt, train
 from models.weights import WeightsError, load_weights, save_weights
 
@@ -28,26 +28,18 @@ class SourceWeights:
 
 
 def load_source(weights: Path, config: Path | None, adapters: list[Path], expected_sha256: str | None) -> SourceWeights:
-    """Load and check weights, then merge each adapter in order (W += lora_alpha / r * B @ A)."""
+    """Load and check weights, then merge each adapter in order (W += scaling * B @ A)."""
     lw = load_weights(weights, config, expected_sha256)
     loaded = []
     for directory in adapters:
         adapter = read_adapter(directory, lw.model)
+        check_base(adapter, weights, lw.weights_sha256, lw.config.name, lw.config.version)
         merge_adapter(lw.model, adapter)
         loaded.append(adapter)
     source = {
         "weights": {"file": weights.name, "sha256": lw.weights_sha256},
         "config": {"file": lw.config_path.name, "sha256": lw.config_sha256},
-        "adapters": [
-            {
-                "dir": a.directory.name,
-                "r": a.r,
-                "lora_alpha": a.lora_alpha,
-                "target_modules": a.target_modules,
-                "files": a.files,
-            }
-            for a in loaded
-        ],
+        "adapters": [provenance(a) for a in loaded],
     }
     return SourceWeights(lw.model, lw.config, loaded, source)
 
@@ -92,5 +84,6 @@ def adapt_weights(
     if missing := sorted(set(names) - set(linear_modules(lw.model))):
         raise WeightsError(base, f"the model has no linear module {missing}; it has {sorted(linear_modules(lw.model))}")
     wrapped = adapt(lw.model, lw.config, opts, r, lora_alpha, names, progress)
-    write_adapter(out_dir, wrapped, r, lora_alpha, base_model=f"{lw.config.name}@{lw.config.version}")
+    # PEFT's fields for the base: its path as given, and (in `revision`) its sha256, checked at install
+    write_adapter(out_dir, wrapped, r, lora_alpha, base_model=str(base), revision=lw.weights_sha256)
     return out_dir

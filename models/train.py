@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from gateway.detect.held import read_csv_series
 from models.arch import ModelConfig, build_model
-from models.data import normal_windows, read_csv_series, synthetic_corpus
+from models.data import normal_windows, synthetic_corpus
 from models.lora import LoraLinear, wrap_lora
 
 Progress = Callable[[int, int, float], None]  # (step, total, loss)

@@ -52,6 +52,14 @@ def read_config(path: Path) -> ModelConfig:
         raise WeightsError(path, f"invalid model config ({e})") from None
 
 
+def _is_safetensors(path: Path) -> bool:
+    """Whatever its name: safetensors starts with the header's length (8 bytes, little-endian) and
+    the header's JSON object, which fits in the file; a torch zip starts with PK, a pickle with 0x80."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
 def read_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors or .pt file; pickled code never runs."""
     if not path.is_file():
@@ -60,7 +68,7 @@ def read_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, to
         actual = sha256_file(path)
         if actual != expected_sha256.lower():
             raise WeightsError(path, f"sha256 mismatch: file has {actual}, expected {expected_sha256.lower()}")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:

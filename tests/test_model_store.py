@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from gateway.commands.model import register
+from gateway.detect.held import HELD_SERIES
 from gateway.detect.model_store import (
     BundleError,
     activate,
@@ -204,3 +205,35 @@ def test_plain_import_does_not_load_torch() -> None:
     code = "import sys, gateway.detect.scoring, gateway.detect.model_store, gateway.commands.model; print('torch' in sys.modules, 'onnx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_install_and_activate_reach_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    root = tmp_path / "models"
+    b = install_bundle(renamed_bundle(tmp_path, "2.0.0"), root)
+    names = sorted(p.name for p in b.path.iterdir())
+    # written under a temporary name beside the bundle's final place, synced, then renamed
+    staged = [p for p in synced if p.parent.parent == b.path.parent and p.parent.name.startswith(".2.0.0.")]
+    assert sorted(p.name for p in staged if p.name in names) == names
+    assert synced[-2:] == [b.path.parent, root]  # the folders holding the new names, after the rename
+    synced.clear()
+    activate(root, b.ref)
+    assert set(b.path.iterdir()) | {b.path} <= set(synced)
+    assert synced[-1] == root  # the folder holding the new link, after the link was replaced
+
+
+def test_held_series_are_the_ones_the_toolchain_makes() -> None:
+    """gateway/detect/held_series.npz is models.data.held_series(); rebuild it with
+    python -c 'import models.data as d; d.write_held_series()'"""
+    data = pytest.importorskip("models.data")
+    normal, anomalous = data.held_series()
+    with np.load(HELD_SERIES) as shipped:
+        np.testing.assert_array_equal(shipped["normal"], normal)
+        np.testing.assert_array_equal(shipped["anomalous"], anomalous)

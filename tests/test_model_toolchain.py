@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -31,12 +32,13 @@ from gateway.detect.scoring import OnnxScorer, load_session, sha256_file  # noqa
 from models.arch import ModelConfig, build_model  # noqa: E402
 from models.data import detection_set, normal_windows  # noqa: E402
 from models.export import BuildOptions, QuantSpec, build_bundle, export_onnx, quantize, run  # noqa: E402
-from models.lora import LoraPair, merge_adapter, read_adapter, wrap_lora, write_adapter  # noqa: E402
+from models.lora import LoraPair, check_base, merge_adapter, read_adapter, wrap_lora, write_adapter  # noqa: E402
 from models.train import TrainOptions, train  # noqa: E402
 from models.weights import WeightsError, load_weights, save_weights  # noqa: E402
 
+from .bundles import SMALL_BUILD, low_parity_bundle  # noqa: E402
+
 TINY = TrainOptions(steps=300, batch=128, pool=6000, synthetic_series=36)
-SMALL_BUILD = dict(calib_windows=600, held_normal=1500, held_per_anomaly=150, bundle_windows=256)
 
 
 def cli(*argv: str) -> int:
@@ -184,16 +186,20 @@ def test_merged_adapter_equals_unmerged(trained: Path, tmp_path: Path) -> None:
     torch.testing.assert_close(merged.enc1.weight, base.enc1.weight + 2.0 * p.b @ p.a)
 
 
-def test_adapt_then_install_with_adapter(trained: Path, store: Path, tmp_path: Path) -> None:
-    rng = np.random.default_rng(4)
-    values = 20 + 3 * np.sin(np.arange(3000) / 40) + rng.normal(0, 0.3, 3000)
-    csv = tmp_path / "site.csv"
-    csv.write_text(
-        "timestamp,value\n" + "".join(f"2024-01-01 00:{i % 60:02d}:00,{v:.4f}\n" for i, v in enumerate(values))
-    )
+def test_adapt_then_install_with_adapter(
+    trained: Path, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv, values = write_site_csv(tmp_path / "site.csv")
     site = tmp_path / "site"
-    assert cli("model", "adapt", "--base", str(trained), "--csv", str(csv), "--out", str(site), "--steps", "100") == 0
+    # On its own data this tiny adapter's int8 model agrees with float on about 99.4-99.5% of
+    # windows, at the edge of the default floor; this gateway's floor is lowered to 99%.
+    rc = cli("model", "adapt", "--base", str(trained), "--csv", str(csv), "--out", str(site), "--steps", "100",
+             "--min-agreement", "0.99")
+    assert rc == 0
+    assert "parity on site.csv: int8 and float alerts agree on" in capsys.readouterr().err
     assert (site / "adapter_config.json").is_file()
+    written = json.loads((site / "adapter_config.json").read_text())
+    assert (written["base_model_name_or_path"], written["revision"]) == (str(trained), sha256_file(trained))
     # the adapter fits the site's normal data better than the base model does
     x = torch.from_numpy(normal_windows([values], 2000, 32, ModelConfig().norm, seed=9))
     base = load_weights(trained).model
@@ -201,13 +207,15 @@ def test_adapt_then_install_with_adapter(trained: Path, store: Path, tmp_path: P
     merge_adapter(adapted, read_adapter(site, adapted))
     with torch.no_grad():
         assert adapted(x).mean() < base(x).mean()
-    rc = cli("model", "install", str(trained), "--adapter", str(tmp_path / "site"), "--root", str(store), "--activate")
+    rc = cli("model", "install", str(trained), "--adapter", str(site), "--csv", str(csv), "--min-agreement", "0.99",
+             "--root", str(store), "--activate")
     assert rc == 0
     active = active_bundle(store)
     assert active is not None and active.parent.name == "tiny" and active.name.startswith("0.1.0-lora")
     manifest = json.loads((active / "manifest.json").read_text())
     assert manifest["source"]["adapters"][0]["r"] == 4
     assert set(manifest["source"]["adapters"][0]["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert manifest["calibration"]["site"][0]["sha256"] == sha256_file(csv)
 
 
 # --- refusals: each names the file, and the active model stays ----------------------------------
@@ -452,3 +460,216 @@ def test_install_weights_and_manage(trained: Path, tmp_path: Path, capsys: pytes
     assert cli("model", "verify", "--root", str(root)) == 0
     assert cli("model", "remove", "tiny@0.1.0", "--root", str(root)) == 2
     assert "is the active model" in capsys.readouterr().err
+
+
+# --- the gate belongs to the installer ------------------------------------------------------------
+
+
+def agreement_in(message: str) -> float:
+    """The agreement figure a parity refusal gives, as a fraction."""
+    m = re.search(r"agree on (\d+\.\d+)% of", message)
+    assert m, message
+    return float(m[1]) / 100
+
+
+def test_a_bundle_built_with_a_low_gate_is_refused_by_the_installer(
+    tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    low = tmp_path / "low"
+    manifest = low_parity_bundle(low)
+    assert manifest["parity"]["min_agreement"] == 0.5 and manifest["parity"]["agreement"] < 0.995
+    assert cli("model", "install", str(low), "--root", str(store), "--activate") == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{low / 'model.onnx'}: parity gate failed" in err and "99.50%" in err
+    assert agreement_in(err) < 0.995
+    assert not (store / "lowparity").exists()
+    assert_active_unchanged(store)
+    # The floor is this gateway's to lower, on the command line or in its configuration.
+    config = tmp_path / "config.toml"
+    config.write_text("[model]\nmin_agreement = 0.9\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LORA_GATEWAY_CONFIG", str(config))
+        assert cli("model", "install", str(low), "--root", str(store)) == 0
+    # ... and activation applies the default floor again.
+    assert cli("model", "activate", "lowparity@0.9.0", "--root", str(store)) == 2
+    assert "parity gate failed" in capsys.readouterr().err
+    assert_active_unchanged(store)
+
+
+def test_a_manifest_threshold_edited_to_pass_is_not_the_gate(
+    bundle: Path, tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The int8 model of another (untrained) model, and a threshold no score reaches: every
+    # window "agrees" at the manifest's threshold. The hashes are made to match.
+    bad = copy_bundle(bundle, tmp_path / "b")
+    fp32 = export_onnx(build_model(ModelConfig()), 32, tmp_path / "other.onnx")
+    quantize(fp32, bad / "model.onnx", detection_set(3, 300, 30, 32, ModelConfig().norm).windows, QuantSpec())
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["parity"]["threshold"] = 1e9
+    manifest["parity"]["min_agreement"] = 0.0
+    write_manifest(bad, manifest)
+    assert cli("model", "install", str(bad), "--root", str(store), "--activate") == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{bad / 'model.onnx'}: parity gate failed" in err
+    assert agreement_in(err) < 0.995 and "threshold 1e+09" not in err
+    assert_active_unchanged(store)
+
+
+# --- adapters: merged as peft does, or refused naming the field ------------------------------------
+
+
+def edit_adapter_config(adapter: Path, **changes: object) -> None:
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg.update(changes)
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("init", ["pissa", "pissa_niter_4", "olora", "corda", "loftq"])
+def test_adapters_that_changed_their_base_are_refused(
+    init: str, trained: Path, tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    adapter = write_random_adapter(trained, tmp_path / "lora")
+    edit_adapter_config(adapter, init_lora_weights=init)
+    assert cli("model", "install", str(trained), "--adapter", str(adapter), "--root", str(store), "--activate") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lora-gateway model: {adapter / 'adapter_config.json'}: init_lora_weights {init!r}")
+    assert "path_initial_model_for_weight_conversion" in err
+    assert_active_unchanged(store)
+
+
+def test_inits_that_keep_the_base_merge(trained: Path, tmp_path: Path) -> None:
+    adapter = write_random_adapter(trained, tmp_path / "lora")
+    for init in (True, False, "gaussian", "eva"):
+        edit_adapter_config(adapter, init_lora_weights=init)
+        assert read_adapter(adapter, load_weights(trained).model).config.init_lora_weights == init
+
+
+def test_exclude_modules_leaves_those_modules_alone(trained: Path, tmp_path: Path) -> None:
+    adapter = write_random_adapter(trained, tmp_path / "lora")  # tensors for enc1 and dec2
+    base = load_weights(trained).model
+    for exclude in (["enc2", "dec1"], "(enc2|dec1)"):
+        edit_adapter_config(adapter, target_modules=["enc1", "enc2", "dec1", "dec2"], exclude_modules=exclude)
+        merged = load_weights(trained).model
+        read = read_adapter(adapter, merged)
+        assert read.target_modules == ["dec2", "enc1"]
+        merge_adapter(merged, read)
+        torch.testing.assert_close(merged.enc2.weight, base.enc2.weight, rtol=0, atol=0)
+        assert not torch.equal(merged.enc1.weight, base.enc1.weight)
+    # tensors for a module that exclude_modules names: refused for that reason
+    edit_adapter_config(adapter, target_modules=["enc1", "dec2"], exclude_modules=["dec2"])
+    with pytest.raises(WeightsError, match="safetensors: tensors for 'dec2', which exclude_modules excludes"):
+        read_adapter(adapter, load_weights(trained).model)
+
+
+def test_base_model_is_checked_against_the_weights(
+    trained: Path, tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    adapter = write_random_adapter(trained, tmp_path / "lora")
+    edit_adapter_config(adapter, base_model_name_or_path="meta-llama/Llama-2-7b-hf")
+    assert cli("model", "install", str(trained), "--adapter", str(adapter), "--root", str(store)) == 2
+    err = capsys.readouterr().err
+    assert "adapter_config.json: base_model_name_or_path 'meta-llama/Llama-2-7b-hf' does not name" in err
+    # `revision` holding a sha256 (what `model adapt` writes) must be the weights' sha256
+    edit_adapter_config(adapter, base_model_name_or_path=str(trained), revision="ab" * 32)
+    assert cli("model", "install", str(trained), "--adapter", str(adapter), "--root", str(store)) == 2
+    assert f"adapter_config.json: revision {'ab' * 32} is the sha256 of other base weights" in capsys.readouterr().err
+    edit_adapter_config(adapter, revision=sha256_file(trained))
+    lw = load_weights(trained)
+    check_base(read_adapter(adapter, lw.model), trained, lw.weights_sha256, "tiny", "0.1.0")
+    assert not (store / "tiny" / "0.2.0").exists()
+    assert_active_unchanged(store)
+
+
+def test_manifest_records_rslora_scaling(trained: Path, tmp_path: Path) -> None:
+    adapter = write_random_adapter(trained, tmp_path / "lora", r=4, alpha=8.0)
+    edit_adapter_config(adapter, use_rslora=True)
+    root = tmp_path / "store"
+    assert cli("model", "install", str(trained), "--adapter", str(adapter), "--root", str(root)) == 0
+    (installed,) = (root / "tiny").iterdir()
+    (record,) = json.loads((installed / "manifest.json").read_text())["source"]["adapters"]
+    assert record["use_rslora"] is True and record["scaling"] == 8.0 / 2  # lora_alpha / sqrt(r)
+
+
+def test_nan_adapter_is_refused_naming_the_users_file(
+    trained: Path, tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    adapter = write_random_adapter(trained, tmp_path / "lora")
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    for value in (float("nan"), float("inf")):
+        tensors["base_model.model.dec2.lora_B.weight"][0, 0] = value
+        save_file(tensors, str(adapter / "adapter_model.safetensors"))
+        assert cli("model", "install", str(trained), "--adapter", str(adapter), "--root", str(store)) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"lora-gateway model: {adapter / 'adapter_model.safetensors'}: "
+            "tensor base_model.model.dec2.lora_B.weight holds NaN or infinity"
+        )
+    assert_active_unchanged(store)
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("[1, 2]", "top level"),
+        ('{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": [1, 2]}', "target_modules"),
+        ('{"peft_type": "LORA", "r": "4", "lora_alpha": 8, "target_modules": ["enc1"]}', "r"),
+        ('{"peft_type": "LORA", "r": 4, "lora_alpha": true, "target_modules": ["enc1"]}', "lora_alpha"),
+        ('{"peft_type": "LORA", "r": 4, "lora_alpha": 8}', "target_modules"),
+        ('"LORA"', "top level"),
+    ],
+)
+def test_malformed_adapter_config_is_one_line(
+    text: str, field: str, trained: Path, tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    adapter = write_random_adapter(trained, tmp_path / "lora")
+    (adapter / "adapter_config.json").write_text(text)
+    assert cli("model", "install", str(trained), "--adapter", str(adapter), "--root", str(store)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"lora-gateway model: {adapter / 'adapter_config.json'}: invalid adapter config: {field}")
+    assert_active_unchanged(store)
+
+
+def test_safetensors_named_pt_is_read_as_safetensors(trained: Path, tmp_path: Path) -> None:
+    renamed = tmp_path / "weights.pt"
+    shutil.copy(trained, renamed)
+    shutil.copy(trained.with_name("config.json"), tmp_path / "config.json")
+    lw = load_weights(renamed)
+    torch.testing.assert_close(lw.model.state_dict(), load_weights(trained).model.state_dict())
+    assert cli("model", "install", str(renamed), "--root", str(tmp_path / "store")) == 0
+
+
+# --- site data ------------------------------------------------------------------------------------
+
+
+def write_site_csv(path: Path, seed: int = 4, n: int = 3000) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    values = 20 + 3 * np.sin(np.arange(n) / 40) + rng.normal(0, 0.3, n)
+    path.write_text(
+        "timestamp,value\n" + "".join(f"2024-01-01 00:{i % 60:02d}:00,{v:.4f}\n" for i, v in enumerate(values))
+    )
+    return path, values
+
+
+def test_install_calibrates_and_checks_on_the_sites_data(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv, _ = write_site_csv(tmp_path / "site.csv")
+    root = tmp_path / "store"
+    assert cli("model", "install", str(trained), "--csv", str(csv), "--root", str(root)) == 0
+    err = capsys.readouterr().err
+    assert "parity on site.csv: int8 and float alerts agree on" in err  # at the build and again at install
+    manifest = json.loads((root / "tiny" / "0.1.0" / "manifest.json").read_text())
+    (calibrated,) = manifest["calibration"]["site"]
+    assert calibrated["file"] == "site.csv" and calibrated["sha256"] == sha256_file(csv) and calibrated["windows"] > 0
+    (checked,) = manifest["parity"]["site"]
+    assert checked["file"] == "site.csv" and checked["agreement"] >= 0.995
+    # a ready bundle is checked on the site's data too (no torch needed for that)
+    assert cli("model", "verify", str(root / "tiny" / "0.1.0"), "--csv", str(csv)) == 0
+    assert "parity on site.csv" in capsys.readouterr().err
+    empty = tmp_path / "empty.csv"
+    empty.write_text("timestamp,value\n")
+    assert cli("model", "verify", str(root / "tiny" / "0.1.0"), "--csv", str(empty)) == 2
+    assert "empty.csv: no numeric values" in capsys.readouterr().err

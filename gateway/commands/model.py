@@ -17,8 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.commands.common import error
+from gateway.commands.common import config_path, error
+from gateway.config import ConfigError, load_config
 from gateway.detect.model_store import (
+    DEFAULT_MIN_AGREEMENT,
     InstalledBundle,
     activate,
     active_bundle,
@@ -70,7 +72,7 @@ def _guard(handler: Handler) -> Handler:
             return handler(args)
         except NeedsTorch as e:
             return _err(str(e))
-        except BundleError as e:
+        except (BundleError, ConfigError) as e:
             return _err(str(e))
         except (ValueError, OSError) as e:  # includes models.weights.WeightsError (a ValueError)
             return _err(str(e))
@@ -120,12 +122,19 @@ def _train_options(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, csv=[Path(p) for p in args.csv])
 
 
+def _floor(args: argparse.Namespace) -> float:
+    """The gateway's parity floor: --min-agreement, else [model] min_agreement of the gateway's
+    configuration file when there is one, else the default. Never the bundle's own figure."""
+    if args.min_agreement is not None:
+        return float(args.min_agreement)
+    path = config_path(None)
+    return load_config(path).model.min_agreement if path.is_file() else DEFAULT_MIN_AGREEMENT
+
+
 def _build_options(args: argparse.Namespace, name: str, version: str) -> BuildOptions:
     from models.export import BuildOptions
 
-    if args.min_agreement is None:
-        return BuildOptions(name=name, version=version)
-    return BuildOptions(name=name, version=version, min_agreement=args.min_agreement)
+    return BuildOptions(name=name, version=version, min_agreement=_floor(args), site=tuple(map(Path, args.csv)))
 
 
 @_guard
@@ -154,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 @_guard
 def cmd_adapt(args: argparse.Namespace) -> int:
     _require_torch()
-    from models.toolchain import adapt_weights
+    from models.toolchain import adapt_weights, bundle_from_weights, default_version, load_source
 
     if not args.csv:
         raise ValueError("adapt needs the site's normal data: --csv FILE (timestamp,value)")
@@ -171,16 +180,31 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         _Progress("adapt"),
     )
     _log(f"wrote adapter {out}")
+    # The int8 model of base + adapter must hold on the data the adapter learnt: calibrated and checked on it.
+    source = load_source(Path(args.base), Path(args.config) if args.config else None, [out], None)
+    name, version = source.config.name, default_version(source)
+    if args.bundle:
+        bundle_from_weights(source, Path(args.bundle), _build_options(args, name, version), _log)
+        _log(f"wrote bundle {args.bundle}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="lora-gateway-bundle.") as tmp:
+        try:
+            bundle_from_weights(source, Path(tmp) / "bundle", _build_options(args, name, version), _log)
+        except BundleError as e:
+            raise BundleError(out, f"written, but its int8 model fails on the site's data: {e.why}") from None
     return 0
 
 
 @_guard
 def cmd_install(args: argparse.Namespace) -> int:
     src, root = Path(args.source), Path(args.root)
+    site = [Path(p) for p in args.csv]
     if src.is_dir():
         if args.adapter:
             raise ValueError(f"{src}: --adapter applies to weights; a built bundle already has its adapters merged")
-        installed = install_bundle(src, root, expected_sha256=args.sha256, min_agreement=args.min_agreement)
+        installed = install_bundle(
+            src, root, expected_sha256=args.sha256, min_agreement=_floor(args), site_csv=site, report=_log
+        )
     else:
         _require_torch()
         from models.toolchain import bundle_from_weights, default_version, load_source
@@ -194,10 +218,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="lora-gateway-bundle.") as tmp:
             bundle = Path(tmp) / "bundle"
             bundle_from_weights(source, bundle, _build_options(args, name, version), _log)
-            installed = install_bundle(bundle, root, min_agreement=args.min_agreement)
+            installed = install_bundle(bundle, root, min_agreement=_floor(args), site_csv=site, report=_log)
     _log(f"installed {installed.ref} at {installed.path}")
     if args.activate:
-        activate(root, installed.ref)
+        activate(root, installed.ref, min_agreement=_floor(args))
         _log(f"activated {installed.ref} (a running daemon reloads on SIGHUP)")
     print(installed.ref)
     return 0
@@ -222,7 +246,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_activate(args: argparse.Namespace) -> int:
-    b = activate(Path(args.root), args.ref)
+    b = activate(Path(args.root), args.ref, min_agreement=_floor(args))
     _log(f"activated {b.ref} (a running daemon reloads on SIGHUP)")
     return 0
 
@@ -237,7 +261,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         name, version = parse_ref(args.target)
         path = root / name / version
-    m = verify_bundle(path, min_agreement=args.min_agreement)
+    m = verify_bundle(path, min_agreement=_floor(args), site_csv=[Path(p) for p in args.csv], report=_log)
     print(f"ok {m['name']}@{m['version']} {path}")
     return 0
 
@@ -269,7 +293,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     root_help = f"model store (default: $LORA_GATEWAY_MODELS or {default_model_root()})"
-    gate_help = "minimum int8/float alert agreement (default: the manifest's, 0.995 for new bundles)"
+    gate_help = (
+        "this gateway's floor for int8/float alert agreement, measured on its own held windows "
+        f"(default: [model] min_agreement of the gateway's configuration, else {DEFAULT_MIN_AGREEMENT}); "
+        "a bundle's manifest never sets it"
+    )
+    csv_help = "also check parity on this site's data (timestamp,value CSV; repeatable)"
 
     p = sub.add_parser(
         "train",
@@ -301,6 +330,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--target", action="append", default=[], help="module to adapt; repeatable (default: every linear layer)"
     )
+    p.add_argument("--bundle", help="also build a bundle of base + adapter into this new directory")
+    p.add_argument("--min-agreement", type=float, default=None, help=gate_help)
     _train_args(p, 600)
     p.set_defaults(func=cmd_adapt)
 
@@ -315,6 +346,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--version", help="bundle version (default: the config's, plus an adapter digest)")
     p.add_argument("--activate", action="store_true", help="make it the active model once installed")
     p.add_argument("--min-agreement", type=float, default=None, help=gate_help)
+    p.add_argument(
+        "--csv",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a site's data (timestamp,value CSV; repeatable): weights are calibrated on it too, and the int8 "
+        "model's parity is checked on it",
+    )
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("list", help="list installed bundles (* = active)")
@@ -323,6 +362,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = sub.add_parser("activate", help="make NAME@VERSION the active model (atomic)")
     p.add_argument("ref", metavar="NAME@VERSION")
+    p.add_argument("--min-agreement", type=float, default=None, help=gate_help)
     p.set_defaults(func=cmd_activate)
 
     p = sub.add_parser("verify", help="check a bundle: hashes, loading, int8/float parity")
@@ -330,6 +370,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "target", nargs="?", metavar="NAME@VERSION|DIR", help="default: the active bundle (or the packaged default)"
     )
     p.add_argument("--min-agreement", type=float, default=None, help=gate_help)
+    p.add_argument("--csv", action="append", default=[], metavar="FILE", help=csv_help)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("remove", help="delete an installed bundle (not the active one)")

@@ -16,12 +16,14 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gateway.detect.held import THRESHOLD_PERCENTILE, HeldSet, gateway_held, site_held
 from gateway.detect.scoring import (
     MANIFEST,
     MODEL_FP32,
@@ -34,10 +36,12 @@ from gateway.detect.scoring import (
 )
 
 __all__ = [
+    "DEFAULT_MIN_AGREEMENT",
     "BundleError",
     "InstalledBundle",
     "ParityFigures",
     "activate",
+    "alert_threshold",
     "active_bundle",
     "compare_scores",
     "default_model_root",
@@ -50,6 +54,7 @@ __all__ = [
 ]
 
 ACTIVE = "active"
+DEFAULT_MIN_AGREEMENT = 0.995  # int8/float alert agreement a bundle needs, unless the gateway sets another floor
 DEFAULT_ROOT = Path("/var/lib/lora-gateway/models")
 REQUIRED_FILES = (MODEL_INT8, MODEL_FP32, PARITY_WINDOWS)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -81,6 +86,17 @@ class ParityFigures:
 
     def to_manifest(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary(self) -> str:
+        return (
+            f"int8 and float alerts agree on {self.agreement:.2%} of {self.windows} windows at threshold "
+            f"{self.threshold:.4g} (max score difference {self.max_abs_diff:.4g}, correlation {self.correlation:.4f})"
+        )
+
+
+def alert_threshold(normal_scores: np.ndarray) -> float:
+    """The alert threshold parity is judged at: a high percentile of float scores on normal windows."""
+    return float(np.percentile(normal_scores, THRESHOLD_PERCENTILE))
 
 
 def compare_scores(float_scores: np.ndarray, int8_scores: np.ndarray, threshold: float) -> ParityFigures:
@@ -118,13 +134,22 @@ def parse_ref(ref: str) -> tuple[str, str]:
     return name, version
 
 
-def verify_bundle(bundle_dir: Path, *, min_agreement: float | None = None) -> dict[str, Any]:
+def verify_bundle(
+    bundle_dir: Path,
+    *,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    site_csv: Sequence[Path] = (),
+    report: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Check a bundle end to end; returns its manifest or raises BundleError naming the file.
 
     Checks: manifest present and well-formed, every file's sha256 and size, both models load
-    in onnxruntime with the manifest's window, and the int8 model still agrees with the
-    float model on the bundle's held windows at the manifest's threshold (re-measured here,
-    on this machine's onnxruntime, not taken on trust).
+    in onnxruntime with the manifest's window, and the int8 model gives the same alerts as
+    the float model, measured here on this machine's onnxruntime. The gate is the installer's:
+    `min_agreement` is this gateway's floor, the threshold is p99 of the float model's scores
+    on the gateway's own normal windows, and the windows are the gateway's held series, the
+    bundle's shipped windows and each `site_csv` (at p99 of its own float scores). The
+    manifest's parity threshold and min_agreement are a record of the build, never the gate.
     """
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
@@ -152,26 +177,44 @@ def verify_bundle(bundle_dir: Path, *, min_agreement: float | None = None) -> di
     fp32 = OnnxScorer(bundle_dir, model_file=MODEL_FP32)
     wpath = bundle_dir / PARITY_WINDOWS
     try:
-        windows = np.load(wpath, allow_pickle=False).astype(np.float32)
+        shipped = np.load(wpath, allow_pickle=False).astype(np.float32)
     except (ValueError, OSError) as e:
         raise BundleError(wpath, f"unreadable held windows ({e})") from None
-    if windows.ndim != 2 or windows.shape[1] != int8.window or len(windows) == 0:
-        raise BundleError(wpath, f"held windows have shape {list(windows.shape)}, want [N, {int8.window}]")
+    if shipped.ndim != 2 or shipped.shape[1] != int8.window or len(shipped) == 0:
+        raise BundleError(wpath, f"held windows have shape {list(shipped.shape)}, want [N, {int8.window}]")
 
-    parity = manifest.get("parity") or {}
-    try:
-        threshold = float(parity["threshold"])
-        gate = float(min_agreement if min_agreement is not None else parity["min_agreement"])
-    except (KeyError, TypeError, ValueError):
-        raise BundleError(mpath, "manifest lacks parity threshold and min_agreement") from None
-    fig = compare_scores(fp32.score(windows), int8.score(windows), threshold)
-    if not np.isfinite(fig.max_abs_diff) or fig.agreement < gate:
-        raise BundleError(
-            bundle_dir / MODEL_INT8,
-            f"parity gate failed: int8 and float alerts agree on {fig.agreement:.2%} of {fig.windows} held windows "
-            f"(need {gate:.2%}; max score difference {fig.max_abs_diff:.4g})",
-        )
+    own = gateway_held(int8.window, int8.normalization)
+    own_threshold = alert_threshold(fp32.score(own.windows[own.normal]))
+    bundles_own = HeldSet("the bundle's held windows", shipped, np.ones(len(shipped), bool))
+    checks = [(own, own_threshold), (bundles_own, own_threshold)]
+    for path in site_csv:
+        site = site_held(path, int8.window, int8.normalization)
+        checks.append((site, alert_threshold(fp32.score(site.windows))))
+    for held, threshold in checks:
+        fig = compare_scores(fp32.score(held.windows), int8.score(held.windows), threshold)
+        if report is not None:
+            report(f"parity on {held.source}: {fig.summary()}")
+        if not np.isfinite(fig.max_abs_diff) or fig.agreement < min_agreement:
+            raise BundleError(
+                bundle_dir / MODEL_INT8,
+                f"parity gate failed on {held.source}: {fig.summary()}; this gateway needs {min_agreement:.2%}",
+            )
     return manifest
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's data and entries to the disk (a folder holds its files' names)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_bundle(directory: Path) -> None:
+    for p in directory.iterdir():
+        _fsync(p)
+    _fsync(directory)
 
 
 def _make_read_only(directory: Path) -> None:
@@ -186,14 +229,21 @@ def _bundle(root: Path, name: str, version: str, active: str | None) -> Installe
 
 
 def install_bundle(
-    src_dir: Path, root: Path, *, expected_sha256: str | None = None, min_agreement: float | None = None
+    src_dir: Path,
+    root: Path,
+    *,
+    expected_sha256: str | None = None,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    site_csv: Sequence[Path] = (),
+    report: Callable[[str], None] | None = None,
 ) -> InstalledBundle:
     """Verify `src_dir`, copy it to root/<name>/<version>, verify the copy, make it read-only.
 
     `expected_sha256` pins the bundle: the sha256 of its manifest.json, which lists the
     sha256 of every other file. Installing the same bundle twice is a no-op; another bundle
     under an installed name@version is refused (installed bundles are immutable).
-    Nothing is activated here.
+    Nothing is activated here. The parity gate is this gateway's (see verify_bundle). The copy,
+    its folder and the folders above it are fsynced before this returns.
     """
     src_dir, root = Path(src_dir), Path(root)
     if expected_sha256 is not None and (src_dir / MANIFEST).is_file():  # no manifest: verify says so
@@ -202,7 +252,7 @@ def install_bundle(
             raise BundleError(
                 src_dir / MANIFEST, f"sha256 mismatch: bundle has {digest}, expected {expected_sha256.lower()}"
             )
-    manifest = verify_bundle(src_dir, min_agreement=min_agreement)
+    manifest = verify_bundle(src_dir, min_agreement=min_agreement, site_csv=site_csv, report=report)
     try:
         name, version = parse_ref(f"{manifest['name']}@{manifest['version']}")
     except ValueError as e:
@@ -221,13 +271,16 @@ def install_bundle(
     try:
         for entry in [MANIFEST, *manifest["files"]]:
             shutil.copyfile(src_dir / entry, tmp / entry)
-        verify_bundle(tmp, min_agreement=min_agreement)  # what landed on disk is what was checked
+        verify_bundle(tmp, min_agreement=min_agreement, site_csv=site_csv)  # what landed on disk is what was checked
         _make_read_only(tmp)
+        _fsync_bundle(tmp)  # before the rename, so the name never points at files still in the cache
         os.rename(tmp, dest)
     except BaseException:
         tmp.chmod(stat.S_IRWXU)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync(dest.parent)
+    _fsync(root)
     return _bundle(root, name, version, active)
 
 
@@ -261,16 +314,22 @@ def _installed(root: Path, ref: str) -> tuple[str, str, Path]:
     return name, version, path
 
 
-def activate(root: Path, ref: str) -> InstalledBundle:
+def activate(root: Path, ref: str, *, min_agreement: float = DEFAULT_MIN_AGREEMENT) -> InstalledBundle:
     """Point root/active at an installed, verified bundle; an atomic rename, so a reader sees
-    the old or the new model, never neither. A bundle that fails verification stays inactive."""
+    the old or the new model, never neither. A bundle that fails verification stays inactive.
+
+    The bundle's files and folders are fsynced before the link is made, and root (which holds
+    the link) after it is replaced, so after a power cut `active` names a whole bundle."""
     root = Path(root)
     name, version, path = _installed(root, ref)
-    verify_bundle(path)
+    verify_bundle(path, min_agreement=min_agreement)
+    _fsync_bundle(path)
+    _fsync(path.parent)
     tmp = root / f".active.{os.getpid()}"
     tmp.unlink(missing_ok=True)
     os.symlink(f"{name}/{version}", tmp)
     os.replace(tmp, root / ACTIVE)
+    _fsync(root)
     return _bundle(root, name, version, ref)
 
 

@@ -274,7 +274,6 @@ def build_bundle(
                 "source": "synthetic normal + injected anomalies" + (" + site data" if opts.site else ""),
                 "seed": opts.calib_seed,
                 "windows": len(calib),
-                "site": [_site_record(p, c.windows) for p, c in zip(opts.site, site_calib)],
             },
             "parity": {
                 **fig.to_manifest(),
@@ -282,13 +281,14 @@ def build_bundle(
                 "held": {"seed": opts.held_seed, "normal": opts.held_normal, "per_anomaly": opts.held_per_anomaly},
                 "min_agreement": opts.min_agreement,
                 "bundle_windows": opts.bundle_windows,
-                "site": [
-                    {**_site_record(p, s.windows), **f.to_manifest()}
-                    for p, s, f in zip(opts.site, site_checks, site_figs)
-                ],
             },
             "source": opts.source,
         }
+        if opts.site:  # only then: the shipped default's manifest stays the same bytes when rebuilt
+            manifest["calibration"]["site"] = [_site_record(p, c.windows) for p, c in zip(opts.site, site_calib)]
+            manifest["parity"]["site"] = [
+                {**_site_record(p, s.windows), **f.to_manifest()} for p, s, f in zip(opts.site, site_checks, site_figs)
+            ]
         write_manifest(work, manifest)
         verify_bundle(work, min_agreement=opts.min_agreement)
         work.chmod(0o755)  # mkdtemp made it private; a bundle is for everyone to read

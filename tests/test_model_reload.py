@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,10 +35,9 @@ def events(messages: list, kind: str) -> list[dict]:
     return [e for t, p, _ in messages if t == "lora-gateway/bridge/event" and (e := json.loads(p))["type"] == kind]
 
 
-def test_sighup_switches_to_the_activated_bundle_and_refuses_a_broken_one(
-    tmp_path: Path, broker, recorder_factory, gateways, devices_file
-) -> None:
-    root = tmp_path / "models"
+@contextmanager
+def running_gateway(tmp_path: Path, root: Path, broker, recorder_factory, gateways, devices_file) -> Iterator[tuple]:
+    """A gateway on a simulated module with its model store at `root`, running the shipped 1.0.0."""
     recorder = recorder_factory(broker.port, ["lora-gateway/#"])
     with Simulation("rylr", devices_file, period_s=0.2, seed=8) as sim:
         config = write_config(tmp_path / "config.toml", port=sim.port, dialect="rylr", mqtt_port=broker.port,
@@ -44,7 +45,14 @@ def test_sighup_switches_to_the_activated_bundle_and_refuses_a_broken_one(
                               extra=f'model_root = "{root}"')
         gateway = gateways(config).start()
         recorder.wait_for(lambda m: infos(m) and infos(m)[0]["model"]["version"] == "1.0.0")
+        yield gateway, recorder
 
+
+def test_sighup_switches_to_the_activated_bundle_and_refuses_a_broken_one(
+    tmp_path: Path, broker, recorder_factory, gateways, devices_file
+) -> None:
+    root = tmp_path / "models"
+    with running_gateway(tmp_path, root, broker, recorder_factory, gateways, devices_file) as (gateway, recorder):
         install_bundle(new_version(tmp_path, "1.1.0"), root)
         activate(root, "default@1.1.0")
         gateway.proc.send_signal(signal.SIGHUP)
@@ -75,13 +83,7 @@ def test_sighup_applies_this_gateways_floor_not_the_installers(
     root = tmp_path / "models"
     low = tmp_path / "low"
     low_parity_bundle(low)
-    recorder = recorder_factory(broker.port, ["lora-gateway/#"])
-    with Simulation("rylr", devices_file, period_s=0.2, seed=8) as sim:
-        config = write_config(tmp_path / "config.toml", port=sim.port, dialect="rylr", mqtt_port=broker.port,
-                              devices_file=devices_file, state_path=tmp_path / "state.db",
-                              extra=f'model_root = "{root}"')
-        gateway = gateways(config).start()
-        recorder.wait_for(lambda m: infos(m) and infos(m)[0]["model"]["version"] == "1.0.0")
+    with running_gateway(tmp_path, root, broker, recorder_factory, gateways, devices_file) as (gateway, recorder):
         # Installed and activated with the floor lowered to 50%; the daemon's floor is the default 99.5%.
         activate(root, install_bundle(low, root, min_agreement=0.5).ref, min_agreement=0.5)
         gateway.proc.send_signal(signal.SIGHUP)

@@ -505,6 +505,7 @@ def test_a_manifest_threshold_edited_to_pass_is_not_the_gate(
     fp32 = export_onnx(build_model(ModelConfig()), 32, tmp_path / "other.onnx")
     quantize(fp32, bad / "model.onnx", detection_set(3, 300, 30, 32, ModelConfig().norm).windows, QuantSpec())
     manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["version"] = "0.1.1"
     manifest["parity"]["threshold"] = 1e9
     manifest["parity"]["min_agreement"] = 0.0
     write_manifest(bad, manifest)

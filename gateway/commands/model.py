@@ -191,7 +191,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         try:
             bundle_from_weights(source, Path(tmp) / "bundle", _build_options(args, name, version), _log)
         except BundleError as e:
-            raise BundleError(out, f"written, but its int8 model fails on the site's data: {e.why}") from None
+            raise BundleError(out, f"written, but its int8 model is refused: {e.why}") from None
     return 0
 
 
@@ -217,8 +217,13 @@ def cmd_install(args: argparse.Namespace) -> int:
         parse_ref(f"{name}@{version}")
         with tempfile.TemporaryDirectory(prefix="lora-gateway-bundle.") as tmp:
             bundle = Path(tmp) / "bundle"
-            bundle_from_weights(source, bundle, _build_options(args, name, version), _log)
-            installed = install_bundle(bundle, root, min_agreement=_floor(args), site_csv=site, report=_log)
+            try:
+                bundle_from_weights(source, bundle, _build_options(args, name, version), _log)
+                installed = install_bundle(bundle, root, min_agreement=_floor(args), site_csv=site, report=_log)
+            except BundleError as e:
+                if not e.path.is_relative_to(tmp):
+                    raise
+                raise BundleError(src, e.why) from None  # the temporary bundle is gone: name the user's weights
     _log(f"installed {installed.ref} at {installed.path}")
     if args.activate:
         activate(root, installed.ref, min_agreement=_floor(args))

@@ -117,8 +117,10 @@ def read_adapter_config(path: Path) -> AdapterConfig:
     if cfg.peft_type != "LORA":
         raise WeightsError(path, f"peft_type is {cfg.peft_type!r}, only 'LORA' is supported")
     for unsupported in _UNSUPPORTED:
-        if raw.get(unsupported):
-            raise WeightsError(path, f"{unsupported} is not supported")
+        value = raw.get(unsupported)
+        # unset is null, false or empty; layers_to_transform 0 is layer 0, so no truth test
+        if not (value is None or value is False or value == [] or value == {}):
+            raise WeightsError(path, f"{unsupported} {value!r} is not supported")
     if cfg.bias != "none":
         raise WeightsError(path, f"bias {cfg.bias!r} is not supported (only 'none')")
     init = cfg.init_lora_weights

@@ -675,3 +675,19 @@ def test_install_calibrates_and_checks_on_the_sites_data(
     empty.write_text("timestamp,value\n")
     assert cli("model", "verify", str(root / "tiny" / "0.1.0"), "--csv", str(empty)) == 2
     assert "empty.csv: no numeric values" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("use_dora", True), ("modules_to_save", ["head"]), ("layers_to_transform", 0), ("rank_pattern", {"enc1": 8}),
+     ("lora_bias", True), ("target_parameters", ["enc1.weight"])],
+)
+def test_unsupported_peft_fields_are_refused_by_name(
+    field: str, value: object, trained: Path, tmp_path: Path
+) -> None:
+    adapter = write_random_adapter(trained, tmp_path / "lora")
+    edit_adapter_config(adapter, **{field: value})
+    with pytest.raises(WeightsError, match=rf"adapter_config.json: {field} .* is not supported"):
+        read_adapter(adapter, load_weights(trained).model)
+    edit_adapter_config(adapter, **{field: None})  # peft writes null for an unset field
+    read_adapter(adapter, load_weights(trained).model)

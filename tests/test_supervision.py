@@ -85,6 +85,11 @@ def test_a_notify_socket_nobody_reads_never_stalls_the_daemon(tmp_path: Path, br
                               devices_file=devices_file, state_path=tmp_path / "state.db")
         gateway = gateways(config).start(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000"})
         # WATCHDOG_USEC of 2 ms: a ping on every housekeeping tick fills the queue within seconds.
-        recorder.wait_for(lambda m: len(recorder.payloads("lora-gateway/pump-house")) >= 150, timeout=60)
+        try:
+            recorder.wait_for(lambda m: len(recorder.payloads("lora-gateway/pump-house")) >= 150)
+        except AssertionError as e:
+            raise AssertionError(f"{e}
+gateway log:
+{gateway.output()[-3000:]}") from None
         assert gateway.stop() == 0, gateway.output()
     sock.close()

@@ -88,8 +88,6 @@ def test_a_notify_socket_nobody_reads_never_stalls_the_daemon(tmp_path: Path, br
         try:
             recorder.wait_for(lambda m: len(recorder.payloads("lora-gateway/pump-house")) >= 150)
         except AssertionError as e:
-            raise AssertionError(f"{e}
-gateway log:
-{gateway.output()[-3000:]}") from None
+            raise AssertionError(f"{e}\ngateway log:\n{gateway.output()[-3000:]}") from None
         assert gateway.stop() == 0, gateway.output()
     sock.close()

@@ -300,7 +300,7 @@ def _detect_file(job: tuple[str, str, dict[str, Any]]) -> tuple[list[float], lis
 
     path, column, settings = job
     detector = Detector(_worker_scorer, DetectorSettings.model_validate(settings))
-    res = detect_series(detector, read_series(Path(path)), io.StringIO(), device=Path(path).stem, channel=column)
+    res = detect_series(detector, read_series(Path(path), column), io.StringIO(), device=Path(path).stem, channels=[column])
     return res.scores, res.alerts, res.raw
 
 

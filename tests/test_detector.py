@@ -293,7 +293,7 @@ def test_a_fault_raises_once_and_its_end_clears_with_the_same_id() -> None:
     payload = raised.to_payload()
     assert set(payload) == {"id", "device", "state", "time", "score", "threshold", "channels", "model"}
     assert payload["model"] == "stub@1" and set(payload["channels"]) == {"temperature_1"}
-    assert payload["threshold"] == 0.5 and payload["score"] >= 0.5
+    assert payload["threshold"] == DetectorSettings().raise_threshold and payload["score"] >= payload["threshold"]
     states = [o.alert_state for o in outs]
     assert states[int(raised.time)] == "raised" and states[-1] == "ok"
 

@@ -1,12 +1,16 @@
 """`lora-gateway detect --csv FILE`: the daemon's detector over a recorded series.
 
 Each row becomes one `Reading` fed to `Detector.observe` on its own, in file order, exactly
-as a live device's uplinks are: no look-ahead. Output columns:
+as a live device's uplinks are: no look-ahead. With `--columns a,b,c` (or `all`: every
+numeric column but the time column) the columns are one device's channels, scored together
+as the daemon scores a device. Output columns:
   timestamp  as in the input
-  value      as in the input
-  score      the anomaly likelihood used for alerting, in [0, 1] (0 until the window is full)
+  value      as in the input (one column); with --columns: each input column, as in the input
+  score      the device's anomaly likelihood, in [0, 1] (its most anomalous channel; 0 until
+             a window is full)
   alert      1 while an alert is raised after this row (its first 1 is the raise), else 0
-Reads NAB's layout (`timestamp,value`) as it is.
+  channels   with --columns: the channels raised after this row, ';'-separated
+Reads NAB's layout (`timestamp,value`) and SKAB's (`--sep ';' --time-column datetime`) as they are.
 """
 
 from __future__ import annotations
@@ -37,12 +41,13 @@ class InputError(Exception):
 class DetectResult:
     scores: list[float]  # per row, the `score` column
     alerts: list[int]  # per row, the `alert` column
-    raw: list[float]  # per row, the model's own score (nan before the first full window)
+    raw: list[float]  # per row, the model's own score of the first column (nan before its first full window)
+    raises: list[int]  # per row, 1 where an alert was raised (a second anomaly during an alert too)
 
     @property
     def raised(self) -> int:
-        """Alerts raised (0 -> 1 steps of the alert column)."""
-        return sum(1 for a, b in zip([0, *self.alerts], self.alerts) if b > a)
+        """Alerts raised, second anomalies included."""
+        return sum(self.raises)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,7 @@ class Row:
     line: int
     timestamp: str
     time: float
-    value: float
+    values: tuple[float, ...]
 
 
 def parse_time(text: str) -> float:
@@ -65,47 +70,94 @@ def parse_time(text: str) -> float:
     return dt.timestamp()
 
 
-def read_series(path: Path, column: str = "value", time_column: str = "timestamp") -> Iterator[Row]:
-    """Rows of a CSV with a header, lazily; a bad cell raises InputError naming file, line, column."""
+@dataclass(frozen=True)
+class Table:
+    columns: list[str]
+    rows: Iterator[Row]
+
+
+def read_table(path: Path, columns: list[str] | None = None, time_column: str = "timestamp", sep: str = ",") -> Table:
+    """A CSV with a header, rows read lazily; `columns` None = every column but the time column whose
+    first value is a number. A bad cell raises InputError naming file, line and column."""
     try:
         f = path.open(newline="")
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    reader = csv.reader(f, delimiter=sep)
+    try:
+        header = next(reader)
+        first = next(reader, None)
+        while first is not None and not any(c.strip() for c in first):
+            first = next(reader, None)
+        first_line = reader.line_num
+    except StopIteration:
+        f.close()
+        raise InputError(f"{path}: empty file (expected a header line with {time_column!r})") from None
+    except (csv.Error, UnicodeDecodeError) as e:
+        f.close()
+        raise InputError(f"{path}: line 1: not CSV text ({e})") from None
+    names = [h.strip() for h in header]
+    if columns is None:
+        columns = [n for n, cell in zip(names, first or []) if n != time_column and _is_number(cell)]
+        if not columns:
+            f.close()
+            raise InputError(f"{path}: line 2: no numeric column (columns: {', '.join(names)})")
+    for wanted in (time_column, *columns):
+        if wanted not in names:
+            f.close()
+            raise InputError(f"{path}: line 1: no column {wanted!r} (columns: {', '.join(names)})")
+    return Table(list(columns), _rows(f, reader, first, first_line, path, names, columns, time_column))
+
+
+def _rows(f: Any, reader: Any, first: list[str] | None, first_line: int, path: Path, names: list[str], columns: list[str],
+          time_column: str) -> Iterator[Row]:
+    ti = names.index(time_column)
+    vis = [names.index(c) for c in columns]
+    need = max(ti, *vis)
     with f:
-        reader = csv.reader(f)
         try:
-            header = next(reader)
-        except StopIteration:
-            raise InputError(f"{path}: empty file (expected a header line with {time_column!r} and {column!r})") from None
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise InputError(f"{path}: line 1: not CSV text ({e})") from None
-        names = [h.strip() for h in header]
-        for wanted in (time_column, column):
-            if wanted not in names:
-                raise InputError(f"{path}: line 1: no column {wanted!r} (columns: {', '.join(names)})")
-        ti, vi = names.index(time_column), names.index(column)
-        try:
+            if first is not None:
+                yield _row(first, first_line, path, names, columns, ti, vis, need, time_column)
             for cells in reader:
-                line = reader.line_num
-                if not cells or all(not c.strip() for c in cells):
-                    continue
-                if len(cells) <= max(ti, vi):
-                    raise InputError(f"{path}: line {line}: {len(cells)} fields, expected {len(names)}")
-                stamp, raw = cells[ti].strip(), cells[vi].strip()
-                try:
-                    value = float(raw)
-                except ValueError:
-                    raise InputError(f"{path}: line {line}, column {column!r}: not a number: {raw!r}") from None
-                try:
-                    t = parse_time(stamp)
-                except ValueError:
-                    raise InputError(
-                        f"{path}: line {line}, column {time_column!r}: not a time: {stamp!r} "
-                        "(expected ISO 8601 like 2014-04-01 00:05:00, or unix seconds)"
-                    ) from None
-                yield Row(line, stamp, t, value)
+                if cells and any(c.strip() for c in cells):
+                    yield _row(cells, reader.line_num, path, names, columns, ti, vis, need, time_column)
         except (csv.Error, UnicodeDecodeError) as e:
             raise InputError(f"{path}: line {reader.line_num}: not CSV text ({e})") from None
+
+
+def _row(cells: list[str], line: int, path: Path, names: list[str], columns: list[str], ti: int, vis: list[int],
+         need: int, time_column: str) -> Row:
+    if len(cells) <= need:
+        raise InputError(f"{path}: line {line}: {len(cells)} fields, expected {len(names)}")
+    values = []
+    for column, vi in zip(columns, vis):
+        raw = cells[vi].strip()
+        try:
+            values.append(float(raw))
+        except ValueError:
+            raise InputError(f"{path}: line {line}, column {column!r}: not a number: {raw!r}") from None
+    stamp = cells[ti].strip()
+    try:
+        t = parse_time(stamp)
+    except ValueError:
+        raise InputError(
+            f"{path}: line {line}, column {time_column!r}: not a time: {stamp!r} "
+            "(expected ISO 8601 like 2014-04-01 00:05:00, or unix seconds)"
+        ) from None
+    return Row(line, stamp, t, tuple(values))
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def read_series(path: Path, column: str = "value", time_column: str = "timestamp") -> Iterator[Row]:
+    """Rows of one value column (NAB's layout by default)."""
+    return read_table(path, [column], time_column).rows
 
 
 def detect_series(
@@ -114,23 +166,30 @@ def detect_series(
     out: TextIO,
     *,
     device: str,
-    channel: str,
+    channels: list[str],
     progress: TextIO | None = None,
     label: str = "",
 ) -> DetectResult:
-    """Feed rows one at a time and write `timestamp,value,score,alert`."""
+    """Feed rows one at a time and write `timestamp,value,score,alert` (one channel) or
+    `timestamp,<channels>,score,alert,channels` (a device of several)."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["timestamp", "value", "score", "alert"])
-    result = DetectResult([], [], [])
+    several = len(channels) > 1
+    writer.writerow(["timestamp", *(channels if several else ["value"]), "score", "alert", *(["channels"] if several else [])])
+    result = DetectResult([], [], [], [])
     next_report = time.monotonic() + _PROGRESS_EVERY_S
     for n, row in enumerate(rows, 1):
-        reading = Reading(device=device, values={channel: row.value}, fcnt=n, rssi=math.nan, snr=math.nan, time=row.time)
+        reading = Reading(device=device, values=dict(zip(channels, row.values)), fcnt=n, rssi=math.nan, snr=math.nan,
+                          time=row.time)
         (output,) = detector.observe([reading])
         alert = int(output.alert_state == "raised")
         result.scores.append(output.score)
         result.alerts.append(alert)
-        result.raw.append(output.scores.get(channel, math.nan))
-        writer.writerow([row.timestamp, _num(row.value), _num(output.score), alert])
+        result.raises.append(int(output.transition is not None and output.transition.state == "raised"))
+        result.raw.append(output.scores.get(channels[0], math.nan))
+        cells = [row.timestamp, *map(_num, row.values), _num(output.score), alert]
+        if several:
+            cells.append(";".join(detector.raised_channels(device)))
+        writer.writerow(cells)
         if progress is not None and time.monotonic() >= next_report:
             next_report = time.monotonic() + _PROGRESS_EVERY_S
             print(f"{label}: {n} rows", file=progress, flush=True)
@@ -170,18 +229,15 @@ def handler(args: argparse.Namespace) -> int:
     tmp = out_path.with_name(f".{out_path.name}.partial")
     try:
         detector = build_detector(Path(args.bundle) if args.bundle else None, Path(args.config) if args.config else None)
-        rows = read_series(path, args.column, args.time_column)
+        columns = None if args.columns == "all" else (args.columns.split(",") if args.columns else [args.column])
+        table = read_table(path, columns, args.time_column, args.sep)
+        kwargs: dict[str, Any] = {"device": args.device or path.stem, "channels": table.columns,
+                                  "progress": sys.stderr, "label": str(path)}
         if args.out == "-":
-            result = detect_series(
-                detector, rows, sys.stdout, device=args.device or path.stem, channel=args.column,
-                progress=sys.stderr, label=str(path),
-            )
+            result = detect_series(detector, table.rows, sys.stdout, **kwargs)
         else:
             with tmp.open("w", newline="") as out:
-                result = detect_series(
-                    detector, rows, out, device=args.device or path.stem, channel=args.column,
-                    progress=sys.stderr, label=str(path),
-                )
+                result = detect_series(detector, table.rows, out, **kwargs)
             tmp.replace(out_path)
     except (InputError, BundleError) as e:
         error(e, "detect")
@@ -210,6 +266,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--csv", required=True, metavar="FILE", help="input CSV with a header line")
     p.add_argument("--column", default="value", help="column with the values (default: value); also the channel name")
+    p.add_argument("--columns", metavar="A,B,C|all",
+                   help="several columns, one device's channels scored together ('all': every numeric column)")
+    p.add_argument("--sep", default=",", help="field separator (default: ','; SKAB: ';')")
     p.add_argument("--time-column", default="timestamp", help="column with ISO 8601 times or unix seconds (default: timestamp)")
     p.add_argument("--out", required=True, metavar="FILE", help="output CSV ('-' for standard output)")
     p.add_argument("--bundle", metavar="DIR", help="model bundle directory (default: the daemon's: the active model, else the packaged default)")

@@ -17,8 +17,10 @@ from gateway.detect.settings import Tunables
 class AlertTransition:
     """An alert raised or cleared: exactly the `<base>/<device>/alert` payload.
 
-    `id` names the alert episode (device and raise time in ms): the clear carries the id of the
-    alert it ends, so (id, state) is unique and stable across retries and restarts.
+    `id` names the alert (device and raise time in ms): the clear carries the id of the newest
+    alert it ends, so (id, state) is unique and stable across retries and restarts. A second
+    anomaly while an alert is raised (another channel, or one that had cleared) gets a new id,
+    raised while the first is still up; the device's clear ends both.
     """
 
     id: str

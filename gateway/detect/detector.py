@@ -5,7 +5,9 @@ normalization (the model's manifest) -> ONE batched model call for every window 
 `observe` -> anomaly likelihood of each score against the scale's own past scores -> the
 channel's likelihood (the highest of its scales, or 1 for a reading beyond the channel's
 range or a stuck run) -> per-device alert state (warm-up, minimum duration, hysteresis) ->
-`AlertTransition` (the MQTT alert payload).
+`AlertTransition` (the MQTT alert payload). A channel raising while its device's alert is
+raised is a second anomaly: a new `raised` with a new id; the device's one `cleared`, carrying
+the newest id, ends every alert raised before it.
 
 One module a step: windows (ring buffers, normalized batched scoring), likelihood, channel
 (rules and state per channel), alerts, persistence (the state database), settings; this one
@@ -147,6 +149,7 @@ class Detector:
             out_scores: dict[str, float] = {}
             likelihood: dict[str, float] = {}
             late: list[str] = []  # flagged without a likelihood of their own: they come last
+            newly = False  # a channel raised at this reading
             while w < n_work and work[w][0] == i:
                 _, name, ch, seen, flag, end = work[w]
                 w += 1
@@ -178,7 +181,10 @@ class Detector:
                     continue
                 ch.likelihood = like
                 if ch.raised or like >= cfg.raise_threshold:
-                    ch.raised, ch.over = alert_step(ch.raised, ch.over, like, seen, cfg)
+                    was = ch.raised
+                    ch.raised, ch.over = alert_step(was, ch.over, like, seen, cfg)
+                    if ch.raised and not was:
+                        newly = True
                 else:
                     ch.over = 0  # alert_step's answer for a quiet channel, without the call
             for name in late:
@@ -189,12 +195,19 @@ class Detector:
                 if ch.raised:
                     raised = True
                     break
-            if raised != dev.raised:
+            # A channel raising while its device's alert is raised is a second anomaly: a new alert
+            # (a new id), reported at once; the device's one clear ends it and the alerts before it.
+            if raised != dev.raised or (raised and newly):
                 self._alert_changed(out, dev, raised)
             elif raised:
                 out.alert_state = "raised"
             outputs.append(out)
         return outputs
+
+    def raised_channels(self, device: str) -> list[str]:
+        """The device's channels in alert now: the channels that moved."""
+        dev = self._devices.get(device)
+        return [n for n, ch in dev.channels.items() if ch.raised] if dev is not None else []
 
     def _alert_changed(self, out: DetectorOutput, dev: Device, raised: bool) -> None:
         """The device's alert was raised or cleared at `out`: record it and attach the transition."""

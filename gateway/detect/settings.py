@@ -26,21 +26,24 @@ class Tunables(BaseModel):
         description="Readings per scored window; default: the model's window. A multiple k of the model's "
         "window lets it see a k times longer span: values are averaged in groups of k.",
     )
+    # warmup, raise_threshold, clear_threshold and min_duration: chosen by bench/cv.py (leave-one-group-out
+    # cross-validation over the dev groups, within a false-alert budget on normal data); README, "Detection".
     warmup: int = Field(
         600, ge=0,
-        description="Readings of a channel before it may raise an alert (it learns meanwhile); best at least a "
-        "daily cycle of the sensor, so that its range and scores are known.",
+        description="Readings of a channel before it may raise an alert (it learns meanwhile): 600 = 50 minutes "
+        "at a 5 s period, 10 hours at 60 s; better at least a daily cycle of the sensor.",
     )
     raise_threshold: float = Field(
-        0.5, gt=0, le=1,
+        0.48, gt=0, le=1,
         description="Raise when the anomaly likelihood reaches this. Likelihood 1 - 2^(-u/5) with u = "
         "-log10(chance that the recent scores are normal): 0.35 = a 1e-3 chance, 0.5 = 1e-5, 0.75 = 1e-10.",
     )
     clear_threshold: float = Field(
-        0.3, ge=0, lt=1, description="Clear when every raised channel's likelihood falls below this (< raise_threshold)."
+        0.288, ge=0, lt=1,
+        description="Clear when every raised channel's likelihood falls below this (< raise_threshold).",
     )
     min_duration: int = Field(
-        1, ge=1, description="Consecutive readings at or above raise_threshold before the alert is raised."
+        2, ge=1, description="Consecutive readings at or above raise_threshold before the alert is raised."
     )
     ignore: list[str] = Field(
         default_factory=list,

@@ -1,0 +1,96 @@
+"""A device's channels together: a second anomaly during an alert, `detect --columns`, and the
+cross-validation's replay of recorded likelihoods, which must be the detector's own alerts."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from bench import cv
+from gateway.commands import main
+from gateway.commands.detect import Row
+from gateway.detect.detector import Detector
+from gateway.detect.settings import DetectorSettings
+from gateway.records import Reading
+from tests.test_detector import FAST, StubScorer, series
+
+
+def pump(n: int = 800, faults: tuple[tuple[str, int], ...] = (("current_1", 500), ("pressure_2", 515))) -> dict[str, np.ndarray]:
+    x = {"current_1": series(n, seed=1), "pressure_2": 3 + series(n, seed=2) / 10}
+    for name, at in faults:
+        x[name][at : at + 30] += 8.0
+    return x
+
+
+def feed(det: Detector, x: dict[str, np.ndarray]) -> list:
+    n = len(next(iter(x.values())))
+    return [det.observe([Reading("pump", {k: float(v[i]) for k, v in x.items()}, i, -50.0, 9.0, float(i))])[0]
+            for i in range(n)]
+
+
+def test_a_second_anomaly_during_an_alert_is_a_new_alert_and_one_clear_ends_both() -> None:
+    outs = feed(Detector(StubScorer(), DetectorSettings(**FAST)), pump())
+    transitions = [o.transition for o in outs if o.transition]
+    assert [t.state for t in transitions] == ["raised", "raised", "cleared"]
+    first, second, cleared = transitions
+    assert 500 <= first.time < 510 and 515 <= second.time < 525
+    assert first.id != second.id == cleared.id == f"pump-{int(second.time * 1000)}"
+    assert set(first.channels) == {"current_1"} and "pressure_2" in second.channels
+    assert all(o.alert_state == "raised" for o in outs[int(first.time) : int(cleared.time)])
+
+
+def test_one_anomaly_on_two_channels_at_once_is_one_alert() -> None:
+    outs = feed(Detector(StubScorer(), DetectorSettings(**FAST)), pump(faults=(("current_1", 500), ("pressure_2", 500))))
+    transitions = [o.transition for o in outs if o.transition]
+    assert [t.state for t in transitions] == ["raised", "cleared"]
+    assert set(transitions[0].channels) == {"current_1", "pressure_2"}
+
+
+def test_replay_of_recorded_likelihoods_gives_the_detectors_own_alerts() -> None:
+    x = pump()
+    names = list(x)
+    for settings in ({**FAST}, {**FAST, "min_duration": 3, "raise_threshold": 0.4, "clear_threshold": 0.2}):
+        outs = feed(Detector(StubScorer(), DetectorSettings(**settings)), x)
+        raises = [int(o.transition is not None and o.transition.state == "raised") for o in outs]
+        rows = (Row(i, "", float(i), tuple(float(x[k][i]) for k in names)) for i in range(len(x[names[0]])))
+        off = DetectorSettings(**{**settings, "raise_threshold": 1.0, "clear_threshold": 0.99, "warmup": 0})
+        lk = cv._likelihoods(Detector(StubScorer(), off), rows, names, "pump")
+        ev, up = cv.replay(lk, DetectorSettings(**settings))
+        assert ev.tolist() == raises and sum(raises) >= 2
+        assert up.tolist() == [o.alert_state == "raised" for o in outs]
+
+
+def write_skab_like(path: Path, x: dict[str, np.ndarray]) -> list[str]:
+    n = len(next(iter(x.values())))
+    stamps = [f"2020-03-09 10:{i // 60 % 60:02d}:{i % 60:02d}" for i in range(n)]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f, delimiter=";")
+        w.writerow(["datetime", *x, "anomaly"])
+        for i in range(n):
+            w.writerow([stamps[i], *(round(float(v[i]), 4) for v in x.values()), 0])
+    return stamps
+
+
+def test_detect_columns_runs_one_device_and_names_the_channels(tmp_path: Path) -> None:
+    x = pump(700)
+    src, out = tmp_path / "pump.csv", tmp_path / "out.csv"
+    stamps = write_skab_like(src, x)
+    config = tmp_path / "c.toml"
+    config.write_text("[detector]\nwarmup = 200\nhistory = 200\n")
+    args = ["detect", "--csv", str(src), "--sep", ";", "--time-column", "datetime", "--out", str(out), "--config", str(config)]
+    assert main([*args, "--columns", "current_1,pressure_2"]) == 0
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["timestamp", "current_1", "pressure_2", "score", "alert", "channels"]
+    assert [r["timestamp"] for r in rows] == stamps
+    raised = [i for i, r in enumerate(rows) if r["alert"] == "1"]
+    assert raised and 500 <= raised[0] < 510
+    assert "current_1" in rows[raised[0]]["channels"].split(";") and rows[-1]["channels"] == ""
+    assert float(rows[0]["current_1"]) == round(float(x["current_1"][0]), 4)
+
+    # every numeric column but the time column: here also `anomaly`, a third channel
+    assert main([*args, "--columns", "all"]) == 0
+    with out.open(newline="") as f:
+        assert next(csv.reader(f)) == ["timestamp", "current_1", "pressure_2", "anomaly", "score", "alert", "channels"]

@@ -24,10 +24,10 @@ def pump(n: int = 800, faults: tuple[tuple[str, int], ...] = (("current_1", 500)
     return x
 
 
-def feed(det: Detector, x: dict[str, np.ndarray]) -> list:
-    n = len(next(iter(x.values())))
+def feed(det: Detector, x: dict[str, np.ndarray], start: int = 0, stop: int | None = None) -> list:
+    stop = len(next(iter(x.values()))) if stop is None else stop
     return [det.observe([Reading("pump", {k: float(v[i]) for k, v in x.items()}, i, -50.0, 9.0, float(i))])[0]
-            for i in range(n)]
+            for i in range(start, stop)]
 
 
 def test_a_second_anomaly_during_an_alert_is_a_new_alert_and_one_clear_ends_both() -> None:
@@ -94,3 +94,22 @@ def test_detect_columns_runs_one_device_and_names_the_channels(tmp_path: Path) -
     assert main([*args, "--columns", "all"]) == 0
     with out.open(newline="") as f:
         assert next(csv.reader(f)) == ["timestamp", "current_1", "pressure_2", "anomaly", "score", "alert", "channels"]
+
+
+def test_the_newest_alert_id_survives_a_restart(tmp_path: Path) -> None:
+    from gateway.service.state import StateStore
+
+    x = pump()
+    store = StateStore(tmp_path / "state.db")
+    det = Detector(StubScorer(), DetectorSettings(**FAST), store)
+    before = feed(det, x, 0, 512)
+    det.flush()  # the first alert written; the second must be written by the next flush
+    before += feed(det, x, 512, 530)
+    raises = [o.transition for o in before if o.transition]
+    assert [t.state for t in raises] == ["raised", "raised"]
+    det.flush()
+    store.close()
+    again = Detector(StubScorer(), DetectorSettings(**FAST), StateStore(tmp_path / "state.db"))
+    after = feed(again, x, 530)
+    (cleared,) = [o.transition for o in after if o.transition]
+    assert cleared.state == "cleared" and cleared.id == raises[1].id != raises[0].id

@@ -33,7 +33,7 @@ from onnxruntime.quantization import (
 from torch import nn
 
 import gateway
-from gateway.detect.held import HeldSet, site_held
+from gateway.detect.held import HeldSet, SiteSeries, site_held
 from gateway.detect.model_store import alert_threshold, compare_scores, verify_bundle, write_manifest
 from gateway.detect.scoring import (
     MODEL_FP32,
@@ -42,7 +42,6 @@ from gateway.detect.scoring import (
     BundleError,
     Normalization,
     load_session,
-    sha256_file,
 )
 from models.arch import ModelConfig, count_params
 from models.data import detection_set
@@ -82,7 +81,7 @@ class BuildOptions:
     held_per_anomaly: int = 400
     bundle_windows: int = 1024  # held windows shipped in the bundle, re-checked at install (1024: one flip is 0.1%)
     threshold_quantile: float = 99.0  # reference alert threshold: this percentile of float scores on normal windows
-    site: tuple[Path, ...] = ()  # a site's CSV files: half their windows calibrate, the other half are checked
+    site: tuple[SiteSeries, ...] = ()  # a site's data: half its windows calibrate, the other half are checked
     source: dict[str, Any] = field(default_factory=dict)
 
 
@@ -176,11 +175,11 @@ def _created() -> str:
 
 
 def _split_site(opts: BuildOptions, window: int, norm: Normalization) -> tuple[list[HeldSet], list[HeldSet]]:
-    """Each site CSV's windows, split at random into a calibration half and a checked half."""
+    """Each site series' windows, split at random into a calibration half and a checked half."""
     rng = np.random.default_rng(opts.calib_seed)
     calib, checked = [], []
-    for path in opts.site:
-        site = site_held(path, window, norm)
+    for series in opts.site:
+        site = site_held(series, window, norm)
         order = rng.permutation(len(site.windows))
         half = len(order) // 2
         for part, into in ((np.sort(order[:half]), calib), (np.sort(order[half:]), checked)):
@@ -188,8 +187,8 @@ def _split_site(opts: BuildOptions, window: int, norm: Normalization) -> tuple[l
     return calib, checked
 
 
-def _site_record(path: Path, windows: np.ndarray) -> dict[str, Any]:
-    return {"file": path.name, "sha256": sha256_file(path), "windows": len(windows)}
+def _site_record(series: SiteSeries, windows: np.ndarray) -> dict[str, Any]:
+    return {**series.record, "windows": len(windows)}
 
 
 def build_bundle(

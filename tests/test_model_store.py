@@ -32,6 +32,7 @@ from gateway.detect.model_store import (
     write_manifest,
 )
 from gateway.detect.scoring import Normalization, OnnxScorer, sha256_file
+from gateway.service.history import History
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -237,3 +238,32 @@ def test_held_series_are_the_ones_the_toolchain_makes() -> None:
     with np.load(HELD_SERIES) as shipped:
         np.testing.assert_array_equal(shipped["normal"], normal)
         np.testing.assert_array_equal(shipped["anomalous"], anomalous)
+
+
+def test_parity_on_a_channel_of_the_gateways_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state.db"
+    rng = np.random.default_rng(5)
+    temperature = 20 + 3 * np.sin(np.arange(2000) / 40) + rng.normal(0, 0.3, 2000)
+    history = History(state, retention_s=1e12)
+    history.append(
+        ("pump-house", 1000.0 + i, json.dumps({"values": {"temperature": t, "battery": 3.6}, "anomaly": {}}), None, "ok")
+        for i, t in enumerate(temperature)
+    )
+    history.close()
+    (tmp_path / "config.toml").write_text(f'state_path = "{state}"\n')
+    monkeypatch.setenv("LORA_GATEWAY_CONFIG", str(tmp_path / "config.toml"))
+    bundle = str(packaged_default_bundle())
+    assert cli("model", "verify", bundle, "--history", "pump-house/temperature") == 0
+    assert "parity on history pump-house/temperature: int8 and float alerts agree on" in capsys.readouterr().err
+    root = tmp_path / "models"
+    assert cli("model", "install", bundle, "--history", "boiler", "--root", str(root)) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lora-gateway model: {state}: no readings of 'boiler' in the history (devices with history: pump-house)"
+    )
+    assert cli("model", "install", bundle, "--history", "pump-house/humidity", "--root", str(root)) == 2
+    assert "'pump-house' has no channel 'humidity' in the history (it has ['battery', 'temperature'])" in (
+        capsys.readouterr().err
+    )
+    assert not root.exists()

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.commands.common import config_path, error
+from gateway.commands.common import DEFAULT_CONFIG, config_path, error
 from gateway.config import ConfigError, load_config
+from gateway.detect.held import SiteSeries, csv_series, history_series
 from gateway.detect.model_store import (
     DEFAULT_MIN_AGREEMENT,
     InstalledBundle,
@@ -131,10 +132,19 @@ def _floor(args: argparse.Namespace) -> float:
     return load_config(path).model.min_agreement if path.is_file() else DEFAULT_MIN_AGREEMENT
 
 
+def _site(args: argparse.Namespace) -> list[SiteSeries]:
+    """The site's own data named on the command line: --csv files, --history channels."""
+    site = [csv_series(Path(p)) for p in args.csv]
+    if specs := getattr(args, "history", []):
+        state_path = load_config(config_path(None)).state_path
+        site += [series for spec in specs for series in history_series(state_path, spec)]
+    return site
+
+
 def _build_options(args: argparse.Namespace, name: str, version: str) -> BuildOptions:
     from models.export import BuildOptions
 
-    return BuildOptions(name=name, version=version, min_agreement=_floor(args), site=tuple(map(Path, args.csv)))
+    return BuildOptions(name=name, version=version, min_agreement=_floor(args), site=tuple(_site(args)))
 
 
 @_guard
@@ -198,12 +208,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 @_guard
 def cmd_install(args: argparse.Namespace) -> int:
     src, root = Path(args.source), Path(args.root)
-    site = [Path(p) for p in args.csv]
+    site = _site(args)
     if src.is_dir():
         if args.adapter:
             raise ValueError(f"{src}: --adapter applies to weights; a built bundle already has its adapters merged")
         installed = install_bundle(
-            src, root, expected_sha256=args.sha256, min_agreement=_floor(args), site_csv=site, report=_log
+            src, root, expected_sha256=args.sha256, min_agreement=_floor(args), site=site, report=_log
         )
     else:
         _require_torch()
@@ -219,7 +229,7 @@ def cmd_install(args: argparse.Namespace) -> int:
             bundle = Path(tmp) / "bundle"
             try:
                 bundle_from_weights(source, bundle, _build_options(args, name, version), _log)
-                installed = install_bundle(bundle, root, min_agreement=_floor(args), site_csv=site, report=_log)
+                installed = install_bundle(bundle, root, min_agreement=_floor(args), site=site, report=_log)
             except BundleError as e:
                 if not e.path.is_relative_to(tmp):
                     raise
@@ -266,7 +276,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         name, version = parse_ref(args.target)
         path = root / name / version
-    m = verify_bundle(path, min_agreement=_floor(args), site_csv=[Path(p) for p in args.csv], report=_log)
+    m = verify_bundle(path, min_agreement=_floor(args), site=_site(args), report=_log)
     print(f"ok {m['name']}@{m['version']} {path}")
     return 0
 
@@ -288,6 +298,14 @@ def _train_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--seed", type=int, default=0, help="fixed seed: same seed, data and torch give the same weights")
 
 
+def _site_args(p: argparse.ArgumentParser, use: str) -> None:
+    p.add_argument("--csv", action="append", default=[], metavar="FILE",
+                   help=f"a site's normal data as a timestamp,value CSV; {use}; repeatable")
+    p.add_argument("--history", action="append", default=[], metavar="DEVICE[/CHANNEL]",
+                   help="a site's data from the gateway's history (the state database of its configuration, "
+                   f"$LORA_GATEWAY_CONFIG or {DEFAULT_CONFIG}): the device's channels, or one; {use}; repeatable")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `model` and its subcommands to the lora-gateway command line."""
     model = subparsers.add_parser(
@@ -303,7 +321,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         f"(default: [model] min_agreement of the gateway's configuration, else {DEFAULT_MIN_AGREEMENT}); "
         "a bundle's manifest never sets it"
     )
-    csv_help = "also check parity on this site's data (timestamp,value CSV; repeatable)"
 
     p = sub.add_parser(
         "train",
@@ -351,14 +368,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--version", help="bundle version (default: the config's, plus an adapter digest)")
     p.add_argument("--activate", action="store_true", help="make it the active model once installed")
     p.add_argument("--min-agreement", type=float, default=None, help=gate_help)
-    p.add_argument(
-        "--csv",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a site's data (timestamp,value CSV; repeatable): weights are calibrated on it too, and the int8 "
-        "model's parity is checked on it",
-    )
+    _site_args(p, "weights are calibrated on it too, and the int8 model's parity is checked on it")
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("list", help="list installed bundles (* = active)")
@@ -375,7 +385,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "target", nargs="?", metavar="NAME@VERSION|DIR", help="default: the active bundle (or the packaged default)"
     )
     p.add_argument("--min-agreement", type=float, default=None, help=gate_help)
-    p.add_argument("--csv", action="append", default=[], metavar="FILE", help=csv_help)
+    _site_args(p, "parity is checked on it too")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("remove", help="delete an installed bundle (not the active one)")

@@ -1,4 +1,5 @@
-"""Windows the installer judges a bundle on: the series the gateway ships, and a site's own CSV.
+"""Windows the installer judges a bundle on: the series the gateway ships, and a site's own data
+(a CSV file, or a channel of the gateway's history).
 
 Parity is measured on these at install, at activation and at the daemon's reload, so a bundle
 chooses neither the windows nor the alert threshold it is judged by. numpy only: runs on the Pi.
@@ -10,10 +11,12 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from gateway.detect.scoring import Normalization
+from gateway.detect.scoring import Normalization, sha256_file
+from gateway.service.history import History
 
 HELD_SERIES = Path(__file__).with_name("held_series.npz")  # written by models.data.write_held_series
 STRIDE = 8  # one window every 8 samples: neighbours overlap, the set stays a few thousand windows
@@ -71,12 +74,49 @@ def gateway_held(window: int, norm: Normalization) -> HeldSet:
     return HeldSet("the gateway's held series", np.concatenate([normal, anomalous]), mask)
 
 
-def site_held(path: Path, window: int, norm: Normalization) -> HeldSet:
-    """A site's normal data from a CSV file, as windows: every one, or evenly spaced ones for a long file."""
+@dataclass(frozen=True)
+class SiteSeries:
+    """A site's normal data, one channel: what to call it, what the manifest records of it, its values."""
+
+    source: str  # "site.csv", "history pump-house/temperature"
+    record: dict[str, Any]  # {"file", "sha256"} or {"history", "device", "channel", "readings", "from", "to"}
+    values: np.ndarray
+
+
+def csv_series(path: Path) -> SiteSeries:
+    return SiteSeries(path.name, {"file": path.name, "sha256": sha256_file(path)}, read_csv_series(path))
+
+
+def history_series(state_path: Path, spec: str) -> list[SiteSeries]:
+    """`DEVICE` (each of its channels) or `DEVICE/CHANNEL` from the readings the gateway's history keeps."""
+    device, _, channel = spec.partition("/")
+    if not state_path.is_file():
+        raise ValueError(f"{state_path}: no state database, so no history of {device!r}")
+    history = History(state_path)
     try:
-        values = read_csv_series(path)
-        stride = max(1, (len(values) - norm.history - window) // SITE_WINDOWS)
-        windows = cut_windows([values], window, norm, stride)
+        rows, known = history.query(device, since=0.0), history.devices()
+    finally:
+        history.close()
+    if not rows:
+        hint = f"devices with history: {', '.join(known)}" if known else "no device has history yet"
+        raise ValueError(f"{state_path}: no readings of {device!r} in the history ({hint})")
+    channels = sorted({c for r in rows for c in r.values})
+    if channel and channel not in channels:
+        raise ValueError(f"{state_path}: {device!r} has no channel {channel!r} in the history (it has {channels})")
+    out = []
+    for ch in [channel] if channel else channels:
+        kept = [(r.time, r.values[ch]) for r in rows if ch in r.values and math.isfinite(r.values[ch])]
+        record = {"history": state_path.name, "device": device, "channel": ch, "readings": len(kept),
+                  "from": kept[0][0], "to": kept[-1][0]}
+        out.append(SiteSeries(f"history {device}/{ch}", record, np.asarray([v for _, v in kept], dtype=np.float64)))
+    return out
+
+
+def site_held(site: SiteSeries, window: int, norm: Normalization) -> HeldSet:
+    """A site's series as windows: every one, or evenly spaced ones for a long series."""
+    try:
+        stride = max(1, (len(site.values) - norm.history - window) // SITE_WINDOWS)
+        windows = cut_windows([site.values], window, norm, stride)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    return HeldSet(path.name, windows, np.ones(len(windows), bool))
+        raise ValueError(f"{site.source}: {e}") from None
+    return HeldSet(site.source, windows, np.ones(len(windows), bool))

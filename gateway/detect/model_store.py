@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.detect.held import THRESHOLD_PERCENTILE, HeldSet, gateway_held, site_held
+from gateway.detect.held import THRESHOLD_PERCENTILE, HeldSet, SiteSeries, gateway_held, site_held
 from gateway.detect.scoring import (
     MANIFEST,
     MODEL_FP32,
@@ -138,7 +138,7 @@ def verify_bundle(
     bundle_dir: Path,
     *,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
-    site_csv: Sequence[Path] = (),
+    site: Sequence[SiteSeries] = (),
     report: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Check a bundle end to end; returns its manifest or raises BundleError naming the file.
@@ -148,7 +148,7 @@ def verify_bundle(
     the float model, measured here on this machine's onnxruntime. The gate is the installer's:
     `min_agreement` is this gateway's floor, the threshold is p99 of the float model's scores
     on the gateway's own normal windows, and the windows are the gateway's held series, the
-    bundle's shipped windows and each `site_csv` (at p99 of its own float scores). The
+    bundle's shipped windows and each `site` series (at p99 of its own float scores). The
     manifest's parity threshold and min_agreement are a record of the build, never the gate.
     """
     bundle_dir = Path(bundle_dir)
@@ -187,9 +187,9 @@ def verify_bundle(
     own_threshold = alert_threshold(fp32.score(own.windows[own.normal]))
     bundles_own = HeldSet("the bundle's held windows", shipped, np.ones(len(shipped), bool))
     checks = [(own, own_threshold), (bundles_own, own_threshold)]
-    for path in site_csv:
-        site = site_held(path, int8.window, int8.normalization)
-        checks.append((site, alert_threshold(fp32.score(site.windows))))
+    for series in site:
+        site_windows = site_held(series, int8.window, int8.normalization)
+        checks.append((site_windows, alert_threshold(fp32.score(site_windows.windows))))
     for held, threshold in checks:
         fig = compare_scores(fp32.score(held.windows), int8.score(held.windows), threshold)
         if report is not None:
@@ -234,7 +234,7 @@ def install_bundle(
     *,
     expected_sha256: str | None = None,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
-    site_csv: Sequence[Path] = (),
+    site: Sequence[SiteSeries] = (),
     report: Callable[[str], None] | None = None,
 ) -> InstalledBundle:
     """Verify `src_dir`, copy it to root/<name>/<version>, verify the copy, make it read-only.
@@ -252,7 +252,7 @@ def install_bundle(
             raise BundleError(
                 src_dir / MANIFEST, f"sha256 mismatch: bundle has {digest}, expected {expected_sha256.lower()}"
             )
-    manifest = verify_bundle(src_dir, min_agreement=min_agreement, site_csv=site_csv, report=report)
+    manifest = verify_bundle(src_dir, min_agreement=min_agreement, site=site, report=report)
     try:
         name, version = parse_ref(f"{manifest['name']}@{manifest['version']}")
     except ValueError as e:
@@ -271,7 +271,7 @@ def install_bundle(
     try:
         for entry in [MANIFEST, *manifest["files"]]:
             shutil.copyfile(src_dir / entry, tmp / entry)
-        verify_bundle(tmp, min_agreement=min_agreement, site_csv=site_csv)  # what landed on disk is what was checked
+        verify_bundle(tmp, min_agreement=min_agreement, site=site)  # what landed on disk is what was checked
         _make_read_only(tmp)
         _fsync_bundle(tmp)  # before the rename, so the name never points at files still in the cache
         os.rename(tmp, dest)

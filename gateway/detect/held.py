@@ -105,10 +105,14 @@ def history_series(state_path: Path, spec: str) -> list[SiteSeries]:
         raise ValueError(f"{state_path}: {device!r} has no channel {channel!r} in the history (it has {channels})")
     out = []
     for ch in [channel] if channel else channels:
-        kept = [(r.time, r.values[ch]) for r in rows if ch in r.values and math.isfinite(r.values[ch])]
+        kept = [(r.time, float(v)) for r in rows if isinstance(v := r.values.get(ch), (int, float)) and math.isfinite(v)]
+        if not kept:  # a channel that is not a number, such as a location
+            continue
         record = {"history": state_path.name, "device": device, "channel": ch, "readings": len(kept),
                   "from": kept[0][0], "to": kept[-1][0]}
         out.append(SiteSeries(f"history {device}/{ch}", record, np.asarray([v for _, v in kept], dtype=np.float64)))
+    if not out:
+        raise ValueError(f"{state_path}: {device!r} has no numeric readings of {channel or channels} in the history")
     return out
 
 

@@ -368,7 +368,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--version", help="bundle version (default: the config's, plus an adapter digest)")
     p.add_argument("--activate", action="store_true", help="make it the active model once installed")
     p.add_argument("--min-agreement", type=float, default=None, help=gate_help)
-    _site_args(p, "weights are calibrated on it too, and the int8 model's parity is checked on it")
+    _site_args(p, "the int8 model's parity is checked on it (and, built from weights, calibrated on it too)")
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("list", help="list installed bundles (* = active)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator
 
 import serial
@@ -30,6 +31,7 @@ class SerialLink:
         self.dialect = dialect
         self._port: serial.Serial | None = None
         self._buffer = bytearray()
+        self._unread: deque[str] = deque()  # set-up lines read but not yet consumed
         self._discarding = False  # inside an overlong line, until its end
 
     @property
@@ -46,12 +48,17 @@ class SerialLink:
         except (serial.SerialException, OSError) as e:
             raise ModuleError(f"{self.describe()}: cannot open port: {e}") from None
         self._buffer.clear()
+        self._unread.clear()
         self._discarding = False
         try:
             self._port.reset_input_buffer()
-            for step in self.dialect.setup(self.cfg):
+            for first, step in enumerate(self.dialect.setup(self.cfg)):
                 self.write(step.command)
                 reply = self._await_reply(self.cfg.reply_timeout_s)
+                if first == 0 and reply is not None and not step.accept(reply):
+                    # The flush above can cut a receive event in half; its tail, with no event
+                    # prefix, is then the first line read. The real reply follows it.
+                    reply = self._await_reply(self.cfg.reply_timeout_s) or reply
                 if reply is None:
                     raise ModuleError(
                         f"{self.describe()}: no answer to {step.command!r} within "
@@ -69,13 +76,18 @@ class SerialLink:
             raise
 
     def _await_reply(self, timeout: float) -> str | None:
+        """The next line that is not a receive event; lines read past it wait for the next call."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for raw in self._read_lines():
-                line = raw.decode("ascii", "replace").strip() if isinstance(raw, bytes) else None
-                if line and not line.startswith(_EVENT_PREFIXES):
+        while True:
+            while self._unread:
+                line = self._unread.popleft()
+                if not line.startswith(_EVENT_PREFIXES):
                     return line
-        return None
+            if time.monotonic() >= deadline:
+                return None
+            for raw in self._read_lines():
+                if isinstance(raw, bytes) and (text := raw.decode("ascii", "replace").strip()):
+                    self._unread.append(text)
 
     def write(self, command: str) -> None:
         assert self._port is not None

@@ -84,6 +84,7 @@ class Daemon:
         self.publisher = MqttPublisher(
             cfg.mqtt, cfg.gateway_id, self.info, Outbox(cfg.state_path, cfg.mqtt.outbox_cap), cfg.mqtt.telemetry_queue,
             announcements=self._discovery_configs,
+            device_qos={name: e.telemetry_qos for name, e in devices.items() if e.telemetry_qos is not None},
         )
         self.availability = AvailabilityTracker({name: entry.period_s for name, entry in devices.items()})
         self.devices_seen = DeviceTable()
@@ -192,6 +193,7 @@ class Daemon:
             frames_accepted=self.pipeline.frames_accepted,
             outbox_depth=len(self.publisher.outbox),
             telemetry_dropped=self.publisher.telemetry_dropped,
+            telemetry_lost=self.publisher.telemetry_lost,
         )
 
     def _module_health(self) -> ModuleHealth:

@@ -89,7 +89,8 @@ def format_report(snapshot: HealthSnapshot, now: float) -> str:
     ]
     for r, n in sorted(snapshot.rejected.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"             {n:>8}  {r}")
-    lines.append(f"  outbox   {snapshot.outbox_depth} alert(s) waiting; {snapshot.telemetry_dropped} telemetry dropped")
+    lines.append(f"  outbox   {snapshot.outbox_depth} alert(s) waiting; {snapshot.telemetry_dropped} telemetry dropped, "
+                 f"{snapshot.telemetry_lost} lost at QoS 0")
     lines.append(f"  devices  {len(snapshot.devices)}")
     for d in snapshot.devices:
         rssi = "-" if d.last_rssi is None else f"{d.last_rssi:g} dBm"

@@ -1,10 +1,16 @@
 """MQTT side of the gateway: bridge state with last will, info, per-device state, events, alerts.
 
 Alerts go through the outbox (committed before publishing, deleted once acknowledged).
-Telemetry waits in a bounded queue while the broker is away or behind, oldest dropped first
-and counted: paho holds at most WINDOW unacknowledged messages of each kind, so a hung broker
-never grows the process. After every (re)connect the bridge state, info, each device's last
-state and the waiting messages are published again.
+Telemetry goes at `telemetry_qos` (0 by default, 1 per device where asked); retained state on
+reconnect, availability, bridge/* and discovery at QoS 1. It waits in a bounded queue while the
+broker is away or behind, oldest dropped first and counted: paho holds at most WINDOW messages
+unacknowledged (QoS 1) or unwritten (QoS 0), so a hung broker never grows the process. A QoS 0
+message that paho drops with a lost connection is counted as lost; one already written to the
+socket when the connection died is lost unseen: that is the risk QoS 0 takes.
+
+After every (re)connect: the bridge state and info, then what waited, in the order it came, then
+each device's last state and the discovery configs, so that no subscriber sees a device's frame
+counter go back.
 
 Only the daemon's thread publishes (`service()` does the reconnect work): paho calls its
 callbacks with its own locks held, so a callback that waited for ours could deadlock.
@@ -18,7 +24,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -61,9 +67,11 @@ class MqttPublisher:
         outbox: Outbox,
         telemetry_queue: int = 10_000,
         announcements: Callable[[], Iterable[tuple[str, dict[str, Any]]]] = lambda: (),
+        device_qos: Mapping[str, int] | None = None,
     ) -> None:
         """`announcements`: retained messages made afresh for every (re)connect instead of kept
-        (Home Assistant discovery: about 4 KB a device)."""
+        (Home Assistant discovery: about 4 KB a device). `device_qos`: telemetry QoS by device,
+        where it differs from `cfg.telemetry_qos`."""
         self.cfg = cfg
         self._announcements = announcements
         self.base = cfg.base_topic
@@ -77,8 +85,14 @@ class MqttPublisher:
         self._dropped_unreported = 0
         self._last_state: dict[str, str] = {}  # topic -> payload, republished on reconnect
         self._inflight: dict[int, mqtt.MQTTMessageInfo] = {}  # outbox id -> paho's handle
-        self._last_sent: dict[int, mqtt.MQTTMessageInfo] = {}  # by QoS: see drain()
-        self._window: deque[mqtt.MQTTMessageInfo] = deque()  # QoS 1 telemetry not yet acknowledged
+        self._last_sent: mqtt.MQTTMessageInfo | None = None  # see drain()
+        self._last_qos = 1
+        self._telemetry_qos = cfg.telemetry_qos
+        self._device_qos = dict(device_qos or {})
+        self._unacked: deque[mqtt.MQTTMessageInfo] = deque()  # QoS 1 telemetry not yet acknowledged
+        self._unwritten: deque[mqtt.MQTTMessageInfo] = deque()  # QoS 0 messages paho has not yet written
+        self.telemetry_lost = 0  # QoS 0 messages paho dropped with the connection
+        self._lost_unreported = 0
         # What is still to be sent again after a reconnect: (topic, payload), or (topic, None) for a
         # topic of _last_state, sent with its newest payload. None once all went.
         self._republish: Iterator[tuple[str, str | None]] | None = None
@@ -134,17 +148,17 @@ class MqttPublisher:
                 if done:
                     self.outbox.remove(message_id)
                 # else it stays in the outbox, and goes again once the broker is back
-        window = self._window
-        while window and _published(window[0]) is not False:  # acknowledged in order (MQTT 3.1.1, 4.6)
-            window.popleft()
+        self._retire_window()
         if not self._session_up.is_set():
             self.connected.clear()
             return
         if not self.connected.is_set():
             self._send(self.topic("bridge/state"), ONLINE, qos=1, retain=True)
             self._send(self.topic("bridge/info"), to_json(self._info), qos=1, retain=True)
+            # Last states after what waits: a topic whose newest state waits goes with the queue.
+            waiting = {entry[0] for entry in self._telemetry}
             self._republish = itertools.chain(
-                ((topic, None) for topic in list(self._last_state)),
+                ((topic, None) for topic in list(self._last_state) if topic not in waiting),
                 ((topic, to_json(payload)) for topic, payload in self._announcements()),
             )
             self._outbox_after = 0  # every alert in the outbox goes again, oldest first
@@ -156,59 +170,85 @@ class MqttPublisher:
                 if message.id not in self._inflight:  # one paho still holds is resent by paho itself
                     self._send_outbox(message)
             self._outbox_after = pending[-1].id if len(pending) == room else None
-        while self._republish is not None and len(window) < WINDOW:
+        queued = self._telemetry
+        while queued and self._held() < WINDOW:
+            self._send_windowed(*queued.popleft())
+        while not queued and self._republish is not None and self._held() < WINDOW:
             item = next(self._republish, None)
             if item is None:
                 self._republish = None
                 break
             topic, payload = item
-            window.append(self._send(topic, self._last_state[topic] if payload is None else payload, 1, True))
-        queued = self._telemetry
-        while queued and self._republish is None and len(window) < WINDOW:
-            self._send_windowed(*queued.popleft())
-        if self._dropped_unreported and not queued:  # said after what was kept of the queue
+            self._unacked.append(self._send(topic, self._last_state[topic] if payload is None else payload, 1, True))
+        if not queued:  # said after what was kept of the queue
+            self._report_losses()
+
+    def _retire_window(self) -> None:
+        """Forget what the broker acknowledged (QoS 1, in order: MQTT 3.1.1, 4.6) or paho wrote
+        (QoS 0); count the QoS 0 messages paho dropped with the connection."""
+        unacked, unwritten = self._unacked, self._unwritten
+        while unacked and _published(unacked[0]) is not False:
+            unacked.popleft()
+        while unwritten and (done := _published(unwritten[0])) is not False:
+            unwritten.popleft()
+            if done is None:
+                self.telemetry_lost += 1
+                self._lost_unreported += 1
+
+    def _held(self) -> int:
+        return len(self._unacked) + len(self._unwritten)
+
+    def _report_losses(self) -> None:
+        if self._dropped_unreported:
             self._send(self.topic("bridge/event"), to_json({
                 "type": "telemetry_dropped", "count": self._dropped_unreported, "total": self.telemetry_dropped,
                 "detail": f"queue of {self._telemetry_cap} full while the broker was away or behind"}))
             self._dropped_unreported = 0
+        if self._lost_unreported:
+            self._send(self.topic("bridge/event"), to_json({
+                "type": "telemetry_lost", "count": self._lost_unreported, "total": self.telemetry_lost,
+                "detail": "sent at QoS 0 as the connection to the broker went down"}))
+            self._lost_unreported = 0
 
     def _send_outbox(self, message: OutboxMessage) -> None:
         self._inflight[message.id] = self._send(message.topic, message.payload, message.qos, message.retain)
 
     def _send(self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        self._last_sent[qos] = info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        self._last_sent = info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        self._last_qos = qos
         return info
 
     def _send_windowed(self, topic: str, payload: str, qos: int, retain: bool) -> None:
-        info = self._send(topic, payload, qos, retain)
-        if qos:  # QoS 0 is never acknowledged, and one lost with the connection would block the window
-            self._window.append(info)
+        (self._unacked if qos else self._unwritten).append(self._send(topic, payload, qos, retain))
 
     def drain(self, timeout_s: float) -> bool:
         """Hand paho what waits and wait until the broker has acknowledged everything; False on
         timeout or while the broker is away. Call from the publishing thread.
 
-        Waiting for the last of each QoS is enough: a broker acknowledges QoS 1 messages in the
-        order it received them (MQTT 3.1.1, 4.6), paho sends in the order of the publish calls, and
-        a QoS 0 message counts as done once written.
+        Waiting for the last message is enough: paho sends in the order of the publish calls, and a
+        broker acknowledges QoS 1 messages in the order it received them (MQTT 3.1.1, 4.6), after
+        what came before them on the connection. A last message at QoS 0 is never acknowledged:
+        the bridge state goes once more at QoS 1 behind it, as a fence.
         """
         deadline = time.monotonic() + timeout_s
         while True:
             self.service()
             backlog = (self._telemetry or self._republish is not None or self._dropped_unreported
-                       or self._outbox_after is not None)
-            last = [_published(info) for info in self._last_sent.values()]
-            if not backlog and all(last):
+                       or self._lost_unreported or self._outbox_after is not None)
+            if not backlog and self._last_qos == 0 and self.connected.is_set():
+                self._send(self.topic("bridge/state"), ONLINE, qos=1, retain=True)
+            last = None if self._last_sent is None else _published(self._last_sent)
+            if not backlog and (self._last_sent is None or last):
                 return True
             # A last message paho refused (None) cannot be confirmed any more.
-            if not self.connected.is_set() or time.monotonic() >= deadline or (not backlog and None in last):
+            if not self.connected.is_set() or time.monotonic() >= deadline or (not backlog and last is None):
                 return False
             time.sleep(0.001)
 
     def _publish_or_queue(self, topic: str, payload: str, qos: int, retain: bool) -> None:
         # Straight to paho while the broker keeps up; behind what already waits otherwise, so that
         # order holds and paho (about 1.5 KB a message it holds) never buffers without bound.
-        if (self.connected.is_set() and len(self._window) < WINDOW and not self._telemetry
+        if (self.connected.is_set() and self._held() < WINDOW and not self._telemetry
                 and self._republish is None):
             self._send_windowed(topic, payload, qos, retain)
             return
@@ -237,15 +277,16 @@ class MqttPublisher:
             self._send(self.topic("bridge/info"), to_json(info), qos=1, retain=True)
 
     def publish_state(self, device: str, payload: str) -> None:
-        """A device's last reading (gateway.publish.telemetry.telemetry_payload), retained."""
-        self._retain(self.topic(device), payload)
+        """A device's last reading (gateway.publish.telemetry.telemetry_payload), retained, at the
+        device's telemetry QoS; a reconnect republishes the newest at QoS 1."""
+        self._retain(self.topic(device), payload, self._device_qos.get(device, self._telemetry_qos))
 
     def publish_availability(self, device: str, online: bool) -> None:
-        self._retain(self.topic(f"{device}/availability"), "online" if online else "offline")
+        self._retain(self.topic(f"{device}/availability"), "online" if online else "offline", 1)
 
-    def _retain(self, topic: str, payload: str) -> None:
+    def _retain(self, topic: str, payload: str, qos: int) -> None:
         self._last_state[topic] = payload
-        self._publish_or_queue(topic, payload, 1, True)
+        self._publish_or_queue(topic, payload, qos, True)
 
     def publish_discovery(self, configs: list[tuple[str, dict[str, Any]]]) -> None:
         """Home Assistant discovery configs, retained; after a reconnect `announcements` has them."""

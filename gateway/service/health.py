@@ -61,6 +61,7 @@ class HealthSnapshot:
     frames_accepted: int = 0
     outbox_depth: int = 0
     telemetry_dropped: int = 0
+    telemetry_lost: int = 0  # sent at QoS 0 as the connection went down
     interval_s: float = INTERVAL_S
 
     @property
@@ -84,6 +85,7 @@ class HealthSnapshot:
             frames_accepted=int(d.get("frames_accepted", 0)),
             outbox_depth=int(d.get("outbox_depth", 0)),
             telemetry_dropped=int(d.get("telemetry_dropped", 0)),
+            telemetry_lost=int(d.get("telemetry_lost", 0)),
             interval_s=float(d.get("interval_s", INTERVAL_S)),
         )
 

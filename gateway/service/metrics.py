@@ -42,6 +42,9 @@ class _SnapshotCollector(Collector):
         yield CounterMetricFamily("lora_gateway_telemetry_dropped",
                                   "Telemetry messages dropped while the broker was away (queue full).",
                                   value=s.telemetry_dropped)
+        yield CounterMetricFamily("lora_gateway_telemetry_lost",
+                                  "Telemetry sent at QoS 0 that the connection took with it as it went down.",
+                                  value=s.telemetry_lost)
         yield GaugeMetricFamily("lora_gateway_outbox_depth", "Alerts on disk waiting for the broker's PUBACK.",
                                 value=s.outbox_depth)
         yield GaugeMetricFamily("lora_gateway_devices", "Devices heard since start.", value=len(s.devices))

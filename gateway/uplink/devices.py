@@ -7,6 +7,7 @@ import re
 import secrets
 import stat
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -24,6 +25,7 @@ class DeviceEntry(BaseModel):
     nwk_skey: str = Field(description="Network session key, 32 hex digits.", repr=False)
     app_skey: str = Field(description="Application session key, 32 hex digits.", repr=False)
     period_s: float | None = Field(None, gt=0, description="Expected reporting period; silence past 3x marks it offline.")
+    telemetry_qos: Literal[0, 1] | None = Field(None, description="QoS of this device's telemetry; default [mqtt] telemetry_qos.")
 
     @field_validator("dev_addr")
     @classmethod
@@ -94,6 +96,8 @@ def _toml_entry(name: str, e: DeviceEntry) -> str:
     lines = [f"[devices.{name}]", f'dev_addr = "{e.dev_addr}"', f'nwk_skey = "{e.nwk_skey}"', f'app_skey = "{e.app_skey}"']
     if e.period_s is not None:
         lines.append(f"period_s = {e.period_s}")
+    if e.telemetry_qos is not None:
+        lines.append(f"telemetry_qos = {e.telemetry_qos}")
     return "\n".join(lines) + "\n"
 
 

@@ -103,6 +103,10 @@ class ModelGateConfig(_Section):
 
 class HistoryConfig(_Section):
     retention_days: float = Field(7.0, gt=0, description="Days of readings kept for `lora-gateway report`.")
+    interval_s: float = Field(
+        60.0, ge=0, description="At most one reading a device per interval is kept (and every change of alert "
+        "state): the report's resolution, and the history's share of SD-card writes. 0 keeps every reading."
+    )
 
 
 class ChirpStackConfig(_Section):
@@ -118,6 +122,11 @@ class GatewayConfig(_Section):
     gateway_id: str = Field("gateway", pattern=r"^[A-Za-z0-9_-]+$", description="Names this gateway in topics and discovery.")
     devices_file: Path = Field(Path("devices.toml"), description="Device keys (must not be readable by group or others).")
     state_path: Path = Field(Path("state.db"), description="SQLite state database: frame counters, detector state.")
+    runtime_dir: Path | None = Field(
+        None, description="Directory in RAM for the health snapshot `status` reads, rewritten as the daemon runs "
+        "(/run/lora-gateway under systemd). Default: $RUNTIME_DIRECTORY (set by systemd's RuntimeDirectory=), "
+        "else beside the state database."
+    )
     model_root: Path | None = Field(
         None, description="Installed model bundles; default $LORA_GATEWAY_MODELS or /var/lib/lora-gateway/models. "
         "Without an active bundle the packaged default model runs."
@@ -204,6 +213,10 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Gat
     base = path.parent if path is not None else Path.cwd()
     cfg.devices_file = base / cfg.devices_file
     cfg.state_path = base / cfg.state_path
+    if cfg.runtime_dir is None and environ.get("RUNTIME_DIRECTORY"):
+        cfg.runtime_dir = Path(environ["RUNTIME_DIRECTORY"].split(":")[0])  # systemd: one per RuntimeDirectory=
+    if cfg.runtime_dir is not None:
+        cfg.runtime_dir = base / cfg.runtime_dir
     if cfg.model_root is not None:
         cfg.model_root = base / cfg.model_root
     if not cfg.serial.port.startswith("/"):

@@ -51,7 +51,9 @@ class _Clock:
     last_flush: float = field(default_factory=time.monotonic)
 
 _HOUSEKEEPING_S = 0.5
-_STATE_FLUSH_S = 10.0
+# The detector's state a minute at a time, besides with every alert: each dirty channel's whole
+# record, several KB, is the SD card's largest write after the frame counters.
+_STATE_FLUSH_S = 60.0
 _RECONNECT_MAX_S = 30.0
 
 
@@ -88,9 +90,9 @@ class Daemon:
         )
         self.availability = AvailabilityTracker({name: entry.period_s for name, entry in devices.items()})
         self.devices_seen = DeviceTable()
-        self.history = History(cfg.state_path, cfg.history.retention_days * 86400)
+        self.history = History(cfg.state_path, cfg.history.retention_days * 86400, cfg.history.interval_s)
         self._started_at = time.time()
-        self.health = HealthReporter(health_path(cfg.state_path), self._health_snapshot)
+        self.health = HealthReporter(health_path(cfg.state_path, cfg.runtime_dir), self._health_snapshot)
         self.metrics: Metrics | None = None
         if cfg.metrics.port is not None:
             from gateway.service.metrics import Metrics  # prometheus-client is imported only when metrics are on

@@ -31,6 +31,7 @@ if [ ! -f "$CONFIG_DIR/config.toml" ]; then
 gateway_id = "$(hostname -s | tr -c 'A-Za-z0-9_\n-' '_')"
 devices_file = "$CONFIG_DIR/devices.toml"
 state_path = "/var/lib/lora-gateway/state.db"
+runtime_dir = "/run/lora-gateway"
 
 [serial]
 port = "/dev/lora0"

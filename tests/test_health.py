@@ -8,15 +8,19 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from firmware_sim.simulation import Simulation
 from gateway.commands.status import format_report, not_running_reason, read_health
+from gateway.config import load_config
 from gateway.records import Reading
 from gateway.service.health import (
+    HEARTBEAT_S,
     BrokerHealth,
     DeviceHealth,
     DeviceTable,
+    HealthReporter,
     HealthSnapshot,
     ModuleHealth,
     health_path,
@@ -126,3 +130,45 @@ def test_status_of_a_real_daemon_follows_the_broker(tmp_path: Path, broker, gate
 
     code, text = status(config)
     assert code == 1 and text.startswith("lora-gateway: NOT RUNNING: process") and "is gone" in text
+
+
+def test_snapshot_is_written_when_it_changed_and_at_least_every_heartbeat(tmp_path: Path) -> None:
+    """An SD card's budget: the same snapshot is not rewritten every interval."""
+    now = time.time()
+    current = [snapshot(os.getpid(), now)]
+    path = tmp_path / "state.health.json"
+    reporter = HealthReporter(path, lambda: current[0])
+    assert reporter.write_if_changed()
+    first = path.stat().st_ino  # each write renames a new file over the old one
+    current[0] = replace(current[0], written_at=now + 2)  # only the time moved
+    assert not reporter.write_if_changed()
+    assert path.stat().st_ino == first and read_health(path).written_at == now
+    current[0] = replace(current[0], written_at=now + 4, frames_accepted=1235)
+    assert reporter.write_if_changed()
+    assert read_health(path).frames_accepted == 1235
+    current[0] = replace(current[0], written_at=now + 4 + HEARTBEAT_S)  # unchanged, but a heartbeat is due
+    assert reporter.write_if_changed()
+    assert read_health(path).written_at == now + 4 + HEARTBEAT_S
+    assert read_health(path).interval_s == HEARTBEAT_S  # `status` calls it stale only after missed heartbeats
+
+
+def test_runtime_dir_from_systemd_or_the_config() -> None:
+    assert load_config(None, {"RUNTIME_DIRECTORY": "/run/lora-gateway"}).runtime_dir == Path("/run/lora-gateway")
+    assert load_config(None, {}).runtime_dir is None
+    cfg = load_config(None, {"RUNTIME_DIRECTORY": "/run/a", "LORA_GATEWAY_RUNTIME_DIR": "/dev/shm/b"})
+    assert cfg.runtime_dir == Path("/dev/shm/b")  # the configuration wins
+    assert health_path(Path("/var/lib/lora-gateway/state.db"), Path("/run/lora-gateway")) == Path(
+        "/run/lora-gateway/state.health.json")
+
+
+def test_a_real_daemon_keeps_its_snapshot_in_the_runtime_dir(tmp_path: Path, broker, gateways, devices_file) -> None:
+    with Simulation("rylr", devices_file, period_s=0.3, seed=5) as sim:
+        config = write_config(tmp_path / "config.toml", port=sim.port, dialect="rylr", mqtt_port=broker.port,
+                              devices_file=devices_file, state_path=tmp_path / "state.db", extra='runtime_dir = "run"')
+        gateway = gateways(config).start()
+        wait_until(lambda: (s := status_json(config)).get("running") and len(s["devices"]) == 2, "both devices")
+        assert (tmp_path / "run" / "state.health.json").exists()
+        assert not (tmp_path / "state.health.json").exists()
+        assert gateway.stop() == 0, gateway.output()
+    code, text = status(config)
+    assert code == 1 and "is gone" in text

@@ -65,24 +65,42 @@ def test_append_query_and_batched_prune(tmp_path: Path, monkeypatch: pytest.Monk
     h.close()
 
 
-def test_rows_are_written_once_a_second_and_at_close(tmp_path: Path) -> None:
+def test_rows_are_written_every_few_seconds_and_at_close(tmp_path: Path) -> None:
+    w = history_module.WRITE_EVERY_S
     h = History(tmp_path / "state.db")
     other = History(tmp_path / "state.db")  # another process's view, as `lora-gateway report` has
     rows = rows_for("pump", 1000.0, 10)
     h.append(entries(rows[:4]), now=1000.0)  # the first append writes
-    h.append(entries(rows[4:7]), now=1000.5)  # within the second: kept
+    h.append(entries(rows[4:7]), now=1000.0 + w / 2)  # before the next write is due: kept
     assert [r.time for r in other.query("pump", 0)] == [r.time for r in rows[:4]]
-    h.append(entries(rows[7:8]), now=1001.0)  # a second on: everything kept goes
+    h.append(entries(rows[7:8]), now=1000.0 + w)  # due: everything kept goes
     assert [r.time for r in other.query("pump", 0)] == [r.time for r in rows[:8]]
-    h.append(entries(rows[8:9]), now=1001.2)
-    h.write_due(now=1001.5)  # the daemon's tick: not due yet
+    h.append(entries(rows[8:9]), now=1000.0 + w * 1.2)
+    h.write_due(now=1000.0 + w * 1.5)  # the daemon's tick: not due yet
     assert len(other.query("pump", 0)) == 8
-    h.write_due(now=1002.0)  # due with no reading since: a quiet spell does not keep rows back
+    h.write_due(now=1000.0 + w * 2)  # due with no reading since: a quiet spell does not keep rows back
     assert [r.time for r in other.query("pump", 0)] == [r.time for r in rows[:9]]
-    h.append(entries(rows[9:]), now=1002.1)
+    h.append(entries(rows[9:]), now=1000.0 + w * 2.1)
     h.close()
     assert [r.time for r in other.query("pump", 0)] == [r.time for r in rows]
     other.close()
+
+
+def test_one_row_a_device_per_interval_and_every_change_of_alert_state(tmp_path: Path) -> None:
+    """The history's budget: a device heard every 5 s keeps a row a minute, and its alert spans exactly."""
+    h = History(tmp_path / "state.db", interval_s=60.0)
+    rows = rows_for("pump", 0.0, 120, step=5.0)  # raised at readings 40 to 54, and from 110 on
+    h.append(entries(rows) + entries(rows_for("cold-room", 0.0, 120, step=5.0)), now=1.0)
+    kept = h.query("pump", 0)
+    assert [r.time for r in kept] == [0.0, 60.0, 120.0, 180.0, 200.0, 260.0, 275.0, 335.0, 395.0, 455.0, 515.0,
+                                      550.0]
+    assert alert_spans(kept) == alert_spans(rows) == [(200.0, 275.0), (550.0, None)]
+    assert len(h.query("cold-room", 0)) == len(kept)  # per device, not for all together
+    every = History(tmp_path / "every.db", interval_s=0.0)
+    every.append(entries(rows), now=1.0)
+    assert len(every.query("pump", 0)) == 120
+    h.close()
+    every.close()
 
 
 def test_history_written_before_it_kept_payloads_still_reads(tmp_path: Path) -> None:

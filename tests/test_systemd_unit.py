@@ -27,6 +27,7 @@ def test_unit_runs_supervised_and_confined() -> None:
         "Type": "notify", "Restart": "on-failure", "User": "lora-gateway", "SupplementaryGroups": "dialout",
         "StateDirectory": "lora-gateway", "ProtectSystem": "strict", "NoNewPrivileges": "yes",
         "PrivateTmp": "yes", "ProtectHome": "yes",
+        "RuntimeDirectory": "lora-gateway", "RuntimeDirectoryPreserve": "yes",
     }
     for key, value in expected.items():
         assert d.get(key) == [value], key

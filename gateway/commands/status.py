@@ -29,7 +29,8 @@ def read_health(path: Path) -> HealthSnapshot:
     try:
         return HealthSnapshot.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
-        raise HealthError(f"{path}: no health snapshot (has the daemon ever run with this configuration?)") from None
+        raise HealthError(f"{path}: no health snapshot (has the daemon ever run with this configuration? Under "
+                          "systemd it is in runtime_dir: set runtime_dir = \"/run/lora-gateway\")") from None
     except OSError as e:
         raise HealthError(f"{path}: cannot read: {e.strerror}") from None
     except (ValueError, KeyError, TypeError) as e:
@@ -101,7 +102,8 @@ def format_report(snapshot: HealthSnapshot, now: float) -> str:
 
 def handler(args: argparse.Namespace) -> int:
     """Exit 0 when the daemon runs, 1 when it does not or never wrote a snapshot."""
-    path = health_path(load(args.config).state_path)
+    cfg = load(args.config)
+    path = health_path(cfg.state_path, cfg.runtime_dir)
     now = time.time()
     try:
         snapshot = read_health(path)
@@ -123,7 +125,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "status",
         help="show the running daemon's health: module, broker, model, devices, rejections, outbox",
-        description="Read the health snapshot the daemon writes beside its state database and print it. "
+        description="Read the health snapshot the daemon writes to runtime_dir (else beside its state database) "
+        "and print it. "
         "Exit status 0 if the daemon is running, 1 if not.",
     )
     p.add_argument("--config", "-c", help=CONFIG_HELP)

@@ -1,8 +1,11 @@
 """The daemon's health snapshot, and the thread that writes it for `lora-gateway status`.
 
-The daemon rewrites a small JSON file beside its state database every few seconds
-(write to a temporary file, then rename: a reader never sees half a file);
-gateway.commands.status reads it from another process.
+The snapshot is a JSON file in the runtime directory (RAM: /run/lora-gateway under systemd),
+else beside the state database. It is written when it changed, checked every INTERVAL_S, and at
+least every HEARTBEAT_S, so that an idle daemon writes little and `status` still tells a hung one
+by the snapshot's age: with 10,000 devices it is about 1 MB, which rewritten every 2 s on a Pi's
+SD card was 43 GB a day. It is written to a temporary file, then renamed: a reader never sees
+half a file. gateway.commands.status reads it from another process.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from gateway.records import Reading
 log = logging.getLogger(__name__)
 
 INTERVAL_S = 2.0
+HEARTBEAT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -62,7 +66,7 @@ class HealthSnapshot:
     outbox_depth: int = 0
     telemetry_dropped: int = 0
     telemetry_lost: int = 0  # sent at QoS 0 as the connection went down
-    interval_s: float = INTERVAL_S
+    interval_s: float = HEARTBEAT_S  # the longest between two writes
 
     @property
     def uptime_s(self) -> float:
@@ -86,17 +90,17 @@ class HealthSnapshot:
             outbox_depth=int(d.get("outbox_depth", 0)),
             telemetry_dropped=int(d.get("telemetry_dropped", 0)),
             telemetry_lost=int(d.get("telemetry_lost", 0)),
-            interval_s=float(d.get("interval_s", INTERVAL_S)),
+            interval_s=float(d.get("interval_s", HEARTBEAT_S)),
         )
 
 
-def health_path(state_path: Path) -> Path:
-    """The snapshot lives beside the state database: state.db -> state.health.json."""
-    return state_path.with_name(f"{state_path.stem}.health.json")
+def health_path(state_path: Path, runtime_dir: Path | None = None) -> Path:
+    """state.db -> state.health.json, in `runtime_dir` if set, else beside the state database."""
+    return (runtime_dir or state_path.parent) / f"{state_path.stem}.health.json"
 
 
 def write_health(path: Path, snapshot: HealthSnapshot) -> None:
-    """Atomically replace the snapshot. No fsync: it is rewritten every few seconds, and an SD card wears."""
+    """Atomically replace the snapshot. No fsync: it says how the daemon is now, not what must survive."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
@@ -125,32 +129,47 @@ class DeviceTable:
 
 
 class HealthReporter:
-    """Writes `collect()` to `path` every interval from its own thread, so a serial outage does not stop it."""
+    """Writes `collect()` to `path` from its own thread, so a serial outage does not stop it: when
+    it changed (checked every `interval_s`) and at least every HEARTBEAT_S."""
 
     def __init__(self, path: Path, collect: Callable[[], HealthSnapshot], interval_s: float = INTERVAL_S) -> None:
         self.path = path
         self.collect = collect
         self.interval_s = interval_s
+        self._last: HealthSnapshot | None = None  # as last written, written_at aside
+        self._written_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
 
     def start(self) -> HealthReporter:
-        self._write()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            log.warning("cannot create %s for the health snapshot: %s", self.path.parent, e.strerror)
+        self.write_if_changed()
         self._thread.start()
         return self
 
-    def _write(self) -> None:
+    def write_if_changed(self, force: bool = False) -> bool:
+        """Write the snapshot if it changed or HEARTBEAT_S passed (or `force`); True if written."""
         try:
-            write_health(self.path, self.collect())
+            snapshot = self.collect()
+            unchanged = replace(snapshot, written_at=0.0)
+            if not force and unchanged == self._last and snapshot.written_at - self._written_at < HEARTBEAT_S:
+                return False
+            write_health(self.path, snapshot)
         except Exception as e:  # noqa: BLE001  (the thread must live on: a stale snapshot would read as a hang)
             log.warning("cannot write the health snapshot %s: %s", self.path, e)
+            return False
+        self._last, self._written_at = unchanged, snapshot.written_at
+        return True
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self._write()
+            self.write_if_changed()
 
     def stop(self) -> None:
         """Stop and write a last snapshot; `status` then sees the pid gone."""
         self._stop.set()
         self._thread.join(timeout=5)
-        self._write()
+        self.write_if_changed(force=True)

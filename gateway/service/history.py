@@ -1,9 +1,12 @@
 """A bounded history of readings in the state database, for `lora-gateway report`.
 
-One row per reading, holding the state payload the daemon published for it (so the history
-costs no second encoding). Rows are written once a second in one transaction, not per batch
-of frames: fewer commits on the daemon's loop and on a Pi's SD card, for at most a second of
-history lost to a crash (it is not the alert path). Rows older than the retention are deleted
+At most one row per device per `interval_s` (the first reading after it), and every reading
+whose alert state differs from the device's last row, so that alert spans stay exact: the
+report's resolution, bought with a bounded write budget on a Pi's SD card. A row holds the state
+payload the daemon published (so the history costs no second encoding). Rows are written every
+WRITE_EVERY_S in one transaction, not per batch of frames: fewer commits on the daemon's loop
+and fewer, fuller pages on the card, for at most that much history lost to a crash (it is not
+the alert path). Rows older than the retention are deleted
 a bounded batch at a time, so pruning a long backlog never stalls the loop that appends.
 
 Only the time is indexed: an index by device costs several times the insert itself (each row
@@ -24,7 +27,8 @@ from pathlib import Path
 DEFAULT_RETENTION_S = 7 * 86400
 PRUNE_BATCH = 5000
 PRUNE_EVERY_S = 60.0
-WRITE_EVERY_S = 1.0
+WRITE_EVERY_S = 10.0
+DEFAULT_INTERVAL_S = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -53,8 +57,11 @@ class HistoryRow:
 
 
 class History:
-    def __init__(self, path: Path | str, retention_s: float = DEFAULT_RETENTION_S) -> None:
+    def __init__(self, path: Path | str, retention_s: float = DEFAULT_RETENTION_S,
+                 interval_s: float = DEFAULT_INTERVAL_S) -> None:
         self.retention_s = retention_s
+        self.interval_s = interval_s
+        self._last_row: dict[str, tuple[float, str]] = {}  # device -> time and alert state of its last row
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -66,9 +73,15 @@ class History:
         self._next_write = 0.0
 
     def append(self, entries: Iterable[HistoryEntry], now: float | None = None) -> None:
-        """Keep the rows, and write_due()."""
+        """Keep the rows that are due (see the module's docstring), and write_due()."""
+        last_row = self._last_row
         with self._lock:
-            self._pending.extend(entries)
+            for entry in entries:
+                device, t, _, _, alert_state = entry
+                last = last_row.get(device)
+                if last is None or t - last[0] >= self.interval_s or alert_state != last[1]:
+                    last_row[device] = (t, alert_state)
+                    self._pending.append(entry)
         self.write_due(now)
 
     def write_due(self, now: float | None = None) -> None:

@@ -1,7 +1,9 @@
-"""Disk writes of a real daemon at a radio's rate: bytes a frame and a day, by file.
+"""Disk writes and CPU of a real daemon at a radio's rate: bytes a frame and a day, by file;
+CPU time a frame.
 
     python -m bench.bench_disk                        # 20 and 10,000 devices, 17 frames/s, 180 s each
     python -m bench.bench_disk --devices 20 --seconds 30 --rate 140
+    python -m bench.bench_disk --cpu 17,140           # CPU a frame at these rates instead (no strace)
 
 A real `lora-gateway run` reads an emulated module on a pty, fed at `--rate` frames/s (17: one SF7
 channel, full), round robin over the devices, and publishes to a real mosquitto. Every device is
@@ -11,7 +13,8 @@ snapshot goes to a RAM directory (`runtime_dir`), as under systemd.
 Written bytes come from the kernel: /proc/PID/io `write_bytes` (what the process sent towards the
 block layer, every file), and, with strace installed, the bytes of every write by file. The floor
 row is a process that only commits the frame counters, one commit a frame, as the daemon must
-before it publishes a frame.
+before it publishes a frame. CPU is the daemon's utime + stime (/proc/PID/stat, all threads)
+over the measured seconds, in runs without strace.
 """
 
 from __future__ import annotations
@@ -100,7 +103,13 @@ def _ram_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="bench-disk-run-", dir=shm if shm.is_dir() else None))
 
 
-def gateway_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, seconds: float) -> dict[str, Any]:
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gateway_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, seconds: float,
+                traced: bool = True) -> dict[str, Any]:
     from firmware_sim.modules import EMULATORS
     from firmware_sim.pty_link import PtyModule
 
@@ -120,13 +129,18 @@ def gateway_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, 
             f'runtime_dir = "{run}"\n'
             f'[serial]\nport = "{module.port}"\n[mqtt]\nport = {broker.port}\nbase_topic = "disk"\n'
         )
-        gateway = subprocess.Popen(_traced([sys.executable, "-m", "gateway", "run", "--config", str(config)], trace),
-                                   cwd=ROOT, stderr=subprocess.DEVNULL, env={**os.environ, "NOTIFY_SOCKET": str(notify)})
+        cmd = [sys.executable, "-m", "gateway", "run", "--config", str(config)]
+        log = workdir / "gateway.log"
+        gateway = subprocess.Popen(_traced(cmd, trace) if traced else cmd, cwd=ROOT, stderr=log.open("w"),
+                                   env={**os.environ, "NOTIFY_SOCKET": str(notify)})
         pid = gateway.pid
         try:
-            while b"READY=1" not in sock.recv(4096):
-                pass
-            pid = _traced_pid(gateway)
+            try:
+                while b"READY=1" not in sock.recv(4096):
+                    pass
+            except TimeoutError:
+                raise RuntimeError(f"the daemon did not start:\n{log.read_text()[-3000:]}") from None
+            pid = _traced_pid(gateway) if traced else gateway.pid
 
             def send(fcnt: int, dev: int) -> None:
                 payload = lpp.encode([(1, "temperature", 20 + (fcnt + dev) % 50 / 10),
@@ -137,7 +151,7 @@ def gateway_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, 
             for dev in range(n):  # every device heard once, at the module's pace
                 send(0, dev)
             time.sleep(12)  # past a detector flush and the history's write of the warm-up
-            io_start, trace_start = _io_write_bytes(pid), _size(trace)
+            io_start, trace_start, cpu_start = _io_write_bytes(pid), _size(trace), _cpu_s(pid)
             total = int(rate * seconds)
             start = time.perf_counter()
             for i in range(total):
@@ -146,13 +160,14 @@ def gateway_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, 
                 send(1 + i // n, i % n)
             elapsed = time.perf_counter() - start
             io_bytes = _io_write_bytes(pid) - io_start
+            cpu = _cpu_s(pid) - cpu_start
             files = _by_file(trace, trace_start, workdir)
         finally:
             os.kill(pid, signal.SIGTERM)  # the daemon itself, not strace
             gateway.wait(30)
             sock.close()
     return {"devices": n, "rate": rate, "frames": total, "seconds": elapsed, "write_bytes": io_bytes,
-            "files": files}
+            "cpu_s": cpu, "files": files}
 
 
 def floor_child(state: Path, devices: int, rate: float, seconds: float) -> None:
@@ -198,6 +213,7 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=17.0, help="frames/s (default: 17, one SF7 channel)")
     p.add_argument("--seconds", type=float, default=180.0,
                    help="measured seconds per run (default: 180, three detector flushes and history intervals)")
+    p.add_argument("--cpu", help="comma-separated rates: measure CPU a frame at each, with the first device count")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--floor-child", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -209,17 +225,23 @@ def main() -> int:
         p.error("needs /proc/PID/io (Linux)")
     if shutil.which("strace") is None:
         print("strace not found: totals only, no figures by file", flush=True)
-    results = []
+    results: dict[str, Any] = {"disk": [], "cpu": []}
     top = Path(tempfile.mkdtemp(prefix="bench-disk-"))
     broker = Broker(top)
     try:
-        for count in counts:
+        for count in counts if not args.cpu else []:
             workdir = top / f"d{count}"
             workdir.mkdir()
             devices_file = make_devices(workdir, count)
             floor = floor_run(workdir, count, args.rate, args.seconds)
             ours = gateway_run(workdir, broker, devices_file, args.rate, args.seconds)
-            results.append({"gateway": ours, "floor": floor})
+            results["disk"].append({"gateway": ours, "floor": floor})
+            shutil.rmtree((workdir / "run").resolve(), ignore_errors=True)
+        for rate in [float(x) for x in args.cpu.split(",")] if args.cpu else []:
+            workdir = top / f"cpu{rate:g}"
+            workdir.mkdir()
+            results["cpu"].append(gateway_run(workdir, broker, make_devices(workdir, counts[0]), rate, args.seconds,
+                                              traced=False))
             shutil.rmtree((workdir / "run").resolve(), ignore_errors=True)
     finally:
         broker.stop()
@@ -231,7 +253,7 @@ def main() -> int:
     def per_day(b: float, r: dict[str, Any]) -> str:
         return f"{b / r['seconds'] * DAY_S / 1e9:.2f}"
 
-    for result in results:
+    for result in results["disk"]:
         ours, floor = result["gateway"], result["floor"]
         rows = [[f"daemon: {name}", per_frame(b, ours), per_day(b, ours)]
                 for name, b in sorted(ours["files"].items(), key=lambda kv: -kv[1])]
@@ -241,14 +263,19 @@ def main() -> int:
                   per_day(ours["write_bytes"], ours)],
                  ["floor: frame counters only, /proc write_bytes", per_frame(floor["write_bytes"], floor),
                   per_day(floor["write_bytes"], floor)],
-                 ["daemon above the floor, /proc write_bytes", f"{above:,.0f}", f"{above * ours['rate'] * DAY_S / 1e9:.2f}"]]
+                 ["daemon above the floor, /proc write_bytes", f"{above:,.0f}",
+                  f"{above * ours['rate'] * DAY_S / 1e9:.2f}"]]
         table(f"Disk writes, {ours['devices']:,} devices at {ours['rate']:g} frames/s "
               f"({ours['frames']:,} frames in {ours['seconds']:.0f} s)",
               ["file", "bytes a frame", "GB a day"], rows)
+    if results["cpu"]:
+        table(f"CPU of the daemon at radio rates, {counts[0]:,} devices (all threads, utime + stime)",
+              ["frames/s", "frames", "CPU s", "CPU us a frame", "share of one core"],
+              [[f"{r['rate']:g}", f"{r['frames']:,}", f"{r['cpu_s']:.2f}", f"{r['cpu_s'] / r['frames'] * 1e6:,.0f}",
+                f"{r['cpu_s'] / r['seconds']:.1%}"] for r in results["cpu"]])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -45,7 +45,8 @@ def _daemon(args: argparse.Namespace) -> tuple[Any, list[bytes]]:
     window = f"[detector]\nwindow = {args.window}\n" if args.window else ""
     config.write_text(
         f'devices_file = "{args.devices}"\nstate_path = "{workdir}/state.db"\nmodel_root = "{workdir}/no-models"\n'
-        f'[serial]\nport = "{workdir}/no-port"\n[mqtt]\nport = {args.broker}\nbase_topic = "bench"\n{window}'
+        f'[serial]\nport = "{workdir}/no-port"\n[mqtt]\nport = {args.broker}\nbase_topic = "bench"\n'
+        f'telemetry_qos = {args.qos}\n{window}'
     )
     return Daemon(load_config(config)), lines
 
@@ -118,7 +119,7 @@ def child_stages(args: argparse.Namespace) -> dict[str, Any]:
     pairs = [(r, o) for readings, outs in zip(batches, results, strict=True) for r, o in zip(readings, outs, strict=True)]
     payloads = timed("payload", lambda: [telemetry_payload(r, o.alert_state, o.score, o.likelihood) for r, o in pairs])
     entries = [(r.device, r.time, p, o.score, o.alert_state) for (r, o), p in zip(pairs, payloads, strict=True)]
-    # Rows are written once a second, and at close: the stage is every append and that last write.
+    # Rows are written every few seconds, and at close: the stage is every append and that last write.
     timed("history", lambda: ([daemon.history.append(entries[i:i + batch]) for i in range(0, len(entries), batch)],
                               daemon.history.close()))
     publisher = daemon.publisher
@@ -261,6 +262,7 @@ def main() -> int:
     p.add_argument("--broker", type=int, help="port of the mosquitto on 127.0.0.1")
     p.add_argument("--batch", type=int, default=64, help="lines per batch")
     p.add_argument("--window", type=int, default=0, help="detector window (default: the model's)")
+    p.add_argument("--qos", type=int, default=0, choices=(0, 1), help="the gateway's telemetry QoS")
     p.add_argument("--messages", type=int, default=40_000, help="messages the paho floor publishes")
     args = p.parse_args()
     print(json.dumps(CHILDREN[args.kind](args)))

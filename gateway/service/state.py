@@ -7,6 +7,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+PAGE_SIZE = 1024
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frame_counters (
     dev_addr INTEGER PRIMARY KEY,
@@ -30,6 +32,10 @@ class StateStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # A new database gets 1 KB pages (one made before keeps its own): the frame counters are
+        # committed once per serial read, one page into the WAL each time, so that page is the
+        # floor of what the daemon writes to a Pi's SD card a frame (4 KB pages: 6 GB a day at 17 frames/s).
+        self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: every commit survives a crash or kill -9 without an fsync per batch of
         # frames (which capped throughput near 1,000 batches/s); a power cut may lose the last commits.

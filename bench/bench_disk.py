@@ -161,13 +161,15 @@ def gateway_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, 
             elapsed = time.perf_counter() - start
             io_bytes = _io_write_bytes(pid) - io_start
             cpu = _cpu_s(pid) - cpu_start
+            status = Path(f"/proc/{pid}/status").read_text()
+            peak_rss_mb = next(int(x.split()[1]) / 1024 for x in status.splitlines() if x.startswith("VmHWM:"))
             files = _by_file(trace, trace_start, workdir)
         finally:
             os.kill(pid, signal.SIGTERM)  # the daemon itself, not strace
             gateway.wait(30)
             sock.close()
     return {"devices": n, "rate": rate, "frames": total, "seconds": elapsed, "write_bytes": io_bytes,
-            "cpu_s": cpu, "files": files}
+            "cpu_s": cpu, "peak_rss_mb": peak_rss_mb, "files": files}
 
 
 def floor_child(state: Path, devices: int, rate: float, seconds: float) -> None:
@@ -266,7 +268,7 @@ def main() -> int:
                  ["daemon above the floor, /proc write_bytes", f"{above:,.0f}",
                   f"{above * ours['rate'] * DAY_S / 1e9:.2f}"]]
         table(f"Disk writes, {ours['devices']:,} devices at {ours['rate']:g} frames/s "
-              f"({ours['frames']:,} frames in {ours['seconds']:.0f} s)",
+              f"({ours['frames']:,} frames in {ours['seconds']:.0f} s; the daemon's peak RSS {ours['peak_rss_mb']:.0f} MB)",
               ["file", "bytes a frame", "GB a day"], rows)
     if results["cpu"]:
         table(f"CPU of the daemon at radio rates, {counts[0]:,} devices (all threads, utime + stime)",

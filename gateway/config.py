@@ -59,8 +59,8 @@ class MqttConfig(_Section):
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive; the will fires after 1.5 times this.")
     tls: TlsConfig | None = Field(None, description="Enable TLS with this table.")
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix.")
-    telemetry_qos: Literal[0, 1] = Field(
-        0, description="QoS of each reading's `<base>/<device>` state; a device's `telemetry_qos` in the devices file "
+    telemetry_qos: int = Field(
+        0, ge=0, le=1, description="QoS of each reading's `<base>/<device>` state; a device's `telemetry_qos` in the devices file "
         "overrides it. 0: a reading in flight when the connection drops is lost (counted when paho still held it). "
         "Availability, bridge/*, discovery, alerts and the state republished on reconnect stay QoS 1."
     )

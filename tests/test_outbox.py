@@ -17,6 +17,8 @@ from gateway.publish.outbox import Outbox
 from gateway.publish.telemetry import telemetry_payload
 from gateway.records import Reading
 
+from .conftest import wait_serviced as _wait
+
 
 def test_outbox_persists_and_keeps_order(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "state.db")
@@ -41,17 +43,6 @@ def test_outbox_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
 
 def _alert(i: int) -> dict:
     return {"id": f"pump-{i}", "device": "pump", "state": "raised", "time": float(i)}
-
-
-def _wait(predicate, publisher: MqttPublisher, timeout: float = 120.0) -> None:
-    """Wait as the daemon's loop does: servicing the publisher between checks."""
-    deadline = time.monotonic() + timeout
-    while True:
-        publisher.service()
-        if predicate():
-            return
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_alerts_survive_a_broker_outage_and_a_restart(tmp_path: Path, broker, recorder_factory) -> None:

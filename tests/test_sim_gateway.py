@@ -15,7 +15,7 @@ import pytest
 from firmware_sim.scenario import Scenario, bundled, load_scenario
 from firmware_sim.simulation import Simulation
 
-from .conftest import write_config
+from .conftest import EVERY_READING, write_config
 
 RESOLUTION = {"temperature": 0.1, "relative_humidity": 0.5, "voltage": 0.01}
 EDGE = {
@@ -45,7 +45,7 @@ def test_gateway_publishes_intact_frames_and_refuses_corrupt_and_repeated_ones(
                                    wait_for_gateway=True)
     config = write_config(tmp_path / "config.toml", port=sim.port, dialect="rylr", mqtt_port=broker.port,
                           devices_file=devices, state_path=tmp_path / "state.db")
-    gateway = gateways(config).start()
+    gateway = gateways(config).start(EVERY_READING)
     with sim:
         assert sim.finished.wait(120)
     counts = sim.port_counts
@@ -79,7 +79,7 @@ def test_a_thousand_node_farm_through_the_gateway(tmp_path: Path, broker, record
                                    duration_s=600.0, wait_for_gateway=True, keep_sent=10**6)
     config = write_config(tmp_path / "config.toml", port=sim.port, dialect="rylr", mqtt_port=broker.port,
                           devices_file=devices, state_path=tmp_path / "state.db")
-    gateway = gateways(config).start()
+    gateway = gateways(config).start(EVERY_READING)
 
     def published(m: list) -> set[tuple[str, int]]:
         return {(b["device"], b["fcnt"]) for t, p, _ in m if t.count("/") == 1 and not t.endswith("/bridge")

@@ -14,7 +14,7 @@ import pytest
 from firmware_sim.replay import read_series
 from gateway.config import ConfigError
 
-from .conftest import write_config
+from .conftest import EVERY_READING, write_config
 
 NAB_FILE = Path("/work/shared/data/nab/data/realKnownCause/machine_temperature_system_failure.csv")
 RESOLUTION = {"temperature": 0.1, "analog_input": 0.01}
@@ -59,7 +59,7 @@ def check_arrival(tmp_path: Path, broker, recorder_factory, gateways, devices_fi
     sim = replay(tmp_path, csv_path, devices_file, link, dialect, "--type", lpp_type, *extra)
     config = write_config(tmp_path / "config.toml", port=str(link), dialect=dialect, mqtt_port=broker.port,
                           devices_file=devices_file, state_path=tmp_path / "state.db")
-    gateway = gateways(config).start()
+    gateway = gateways(config).start(EVERY_READING)
     channel = f"{lpp_type}_1"
     recorder.wait_for(lambda m: len(received(m, "pump-house", channel)) >= len(values), timeout=120)
     assert sim.wait(timeout=120) == 0, (tmp_path / "sim.log").read_text()

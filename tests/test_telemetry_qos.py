@@ -9,27 +9,18 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.simulation import Simulation
-from gateway.config import MqttConfig
+from gateway.config import ConfigError, MqttConfig, load_config
 from gateway.publish.mqtt import MqttPublisher
 from gateway.publish.outbox import Outbox
 from gateway.publish.telemetry import telemetry_payload
 from gateway.records import Reading
 
+from .conftest import wait_serviced as _wait
 from .conftest import write_config
-
-
-def _wait(predicate, publisher: MqttPublisher, timeout: float = 120.0) -> None:
-    """Wait as the daemon's loop does: servicing the publisher between checks."""
-    deadline = time.monotonic() + timeout
-    while True:
-        publisher.service()
-        if predicate():
-            return
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _state(device: str, fcnt: int) -> str:
@@ -177,3 +168,10 @@ def test_a_batch_wakes_paho_once_and_loses_nothing(tmp_path: Path, broker, recor
     assert [json.loads(p)["fcnt"] for t, p, _ in recorder.messages if t == "lora-gateway/node-0"] == [
         *range(0, 200, 4), 200]
     publisher.stop()
+
+
+def test_telemetry_qos_from_the_environment_and_refused_out_of_range() -> None:
+    assert load_config(None, {"LORA_GATEWAY_MQTT__TELEMETRY_QOS": "1"}).mqtt.telemetry_qos == 1
+    assert load_config(None, {}).mqtt.telemetry_qos == 0
+    with pytest.raises(ConfigError, match=r"mqtt\.telemetry_qos: Input should be less than or equal to 1"):
+        load_config(None, {"LORA_GATEWAY_MQTT__TELEMETRY_QOS": "2"})

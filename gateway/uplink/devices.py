@@ -7,7 +7,6 @@ import re
 import secrets
 import stat
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -25,7 +24,7 @@ class DeviceEntry(BaseModel):
     nwk_skey: str = Field(description="Network session key, 32 hex digits.", repr=False)
     app_skey: str = Field(description="Application session key, 32 hex digits.", repr=False)
     period_s: float | None = Field(None, gt=0, description="Expected reporting period; silence past 3x marks it offline.")
-    telemetry_qos: Literal[0, 1] | None = Field(None, description="QoS of this device's telemetry; default [mqtt] telemetry_qos.")
+    telemetry_qos: int | None = Field(None, ge=0, le=1, description="QoS of this device's telemetry; default [mqtt] telemetry_qos.")
 
     @field_validator("dev_addr")
     @classmethod

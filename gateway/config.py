@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,18 +154,40 @@ class GatewayConfig(_Section):
         return self
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """LORA_GATEWAY_MQTT__HOST=broker sets mqtt.host: '__' separates nesting levels."""
+def table_model(annotation: Any) -> type[BaseModel] | None:
+    """The table (pydantic model) a field's annotation holds, also inside `X | None`; None for a value."""
+    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+
+
+# Top-level keys that are values, not tables: LORA_GATEWAY_<KEY> sets them.
+_TOP_LEVEL_KEYS = frozenset(
+    name for name, field in GatewayConfig.model_fields.items() if table_model(field.annotation) is None
+)
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Settings from the environment, and the variable that set each key (for error messages).
+
+    LORA_GATEWAY_MQTT__HOST=broker sets mqtt.host ('__' separates the levels), and
+    LORA_GATEWAY_STATE_PATH a top-level key. Nothing else with the prefix is a setting: the
+    program's own variables (LORA_GATEWAY_CONFIG, LORA_GATEWAY_MODELS, which the systemd unit
+    sets) have no '__' and name no top-level key, so they can never be mistaken for one.
+    """
     out: dict[str, Any] = {}
+    names: dict[tuple[str, ...], str] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX):
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
+        if len(path) == 1 and path[0] not in _TOP_LEVEL_KEYS:
+            continue
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
-    return out
+        names[tuple(path)] = name
+    return out, names
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -175,14 +200,51 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def format_validation_error(source: str, err: ValidationError, secret: frozenset[str] = frozenset()) -> str:
-    """One line per problem: file, key, message and the value, unless the key is in `secret`."""
+def known_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """The keys the table at `loc` takes, following sub-tables and dicts of tables; [] if not a table."""
+    annotation: Any = model
+    for part in loc:
+        table = table_model(annotation)
+        if table is not None and isinstance(part, str) and part in table.model_fields:
+            annotation = table.model_fields[part].annotation
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]  # `part` is a free key, e.g. a device name
+        else:
+            return []
+    table = table_model(annotation)
+    return list(table.model_fields) if table is not None else []
+
+
+def _message(e: Any, model: type[BaseModel] | None) -> str:
+    """pydantic's wording made the user's: an unknown key with the nearest known one, no 'Value error,'."""
+    if e["type"] == "extra_forbidden":
+        loc = tuple(e["loc"])
+        near = difflib.get_close_matches(str(loc[-1]), known_keys(model, loc[:-1]), n=1) if model else []
+        return "unknown key" + (f"; did you mean {near[0]!r}?" if near else "")
+    msg = str(e["msg"])
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def format_validation_error(
+    source: str,
+    err: ValidationError,
+    secret: frozenset[str] = frozenset(),
+    model: type[BaseModel] | None = None,
+    variables: dict[tuple[str, ...], str] | None = None,
+) -> str:
+    """One line per problem: file, key, message and the value, unless the key is in `secret`.
+
+    With `model`, an unknown key comes with the nearest known one; with `variables`, a key set
+    from the environment names its variable.
+    """
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         hidden = e["type"] == "missing" or (bool(e["loc"]) and e["loc"][-1] in secret)
-        got = "" if hidden else f" (got {e['input']!r})"
-        lines.append(f"{source}: {key}: {e['msg']}{got}")
+        got = "" if hidden or e["type"] == "extra_forbidden" else f" (got {e['input']!r})"
+        variable = (variables or {}).get(tuple(str(p) for p in e["loc"]))
+        where = f" (from {variable})" if variable else ""
+        lines.append(f"{source}: {key}{where}: {_message(e, model)}{got}")
     return "\n".join(lines)
 
 
@@ -202,14 +264,14 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Gat
     """Read, override from the environment, validate; relative paths are taken from the file's folder."""
     environ = dict(os.environ) if environ is None else environ
     raw = read_toml(path) if path is not None else {}
-    overrides = _env_overrides(environ)
+    overrides, variables = _env_overrides(environ)
     source = str(path) if path else "defaults"
     if overrides:
         source += " + environment"
     try:
         cfg = GatewayConfig.model_validate(_merge(raw, overrides))
     except ValidationError as e:
-        raise ConfigError(format_validation_error(source, e)) from None
+        raise ConfigError(format_validation_error(source, e, model=GatewayConfig, variables=variables)) from None
     base = path.parent if path is not None else Path.cwd()
     cfg.devices_file = base / cfg.devices_file
     cfg.state_path = base / cfg.state_path

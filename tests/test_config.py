@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from firmware_sim.modules import EMULATORS
+from firmware_sim.pty_link import PtyModule
 from gateway.commands import main
 from gateway.config import ConfigError, load_config
 from gateway.uplink.devices import add_device, load_devices, session_keys
@@ -99,14 +101,18 @@ def test_duplicate_dev_addr_refused(tmp_path: Path) -> None:
 
 
 def test_cli_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write(tmp_path / "c.toml", '[serial]\nport = "/dev/ttyUSB0"\n')
+    module = PtyModule(EMULATORS["rylr"]())
+    config = write(tmp_path / "c.toml", f'[serial]\nport = "{module.port}"\n')
     assert main(["device", "add", "pump", "--config", str(config)]) == 0
     shown = capsys.readouterr().out
     key = load_devices(tmp_path / "devices.toml")["pump"].nwk_skey
     assert key in shown and "NWKSKEY[16]" in shown  # printed once, in the form firmware needs
 
-    assert main(["check-config", "--config", str(config)]) == 0
-    assert "OK" in capsys.readouterr().out
+    try:
+        assert main(["check-config", "--config", str(config)]) == 0
+    finally:
+        module.close()
+    assert capsys.readouterr().out.endswith(f"{config}: OK\n")
     assert main(["device", "list", "--config", str(config)]) == 0
     assert key not in capsys.readouterr().out
 
@@ -114,3 +120,63 @@ def test_cli_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["check-config", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert f"{config}: serial.baud" in err and "'fast'" in err
+
+
+def test_only_settings_variables_override(tmp_path: Path) -> None:
+    """The program's own variables (the unit sets LORA_GATEWAY_MODELS) are never read as keys."""
+    path = write(tmp_path / "c.toml", "")
+    cfg = load_config(path, environ={"LORA_GATEWAY_MODELS": "/var/lib/lora-gateway/models",
+                                     "LORA_GATEWAY_CONFIG": str(path), "LORA_GATEWAY_STATE_PATH": "/srv/state.db",
+                                     "LORA_GATEWAY_MQTT__PORT": "8883"})
+    assert cfg.state_path == Path("/srv/state.db") and cfg.mqtt.port == 8883
+    with pytest.raises(ConfigError) as e:
+        load_config(path, environ={"LORA_GATEWAY_MQTT__HOTS": "broker"})
+    assert str(e.value) == f"{path} + environment: mqtt.hots (from LORA_GATEWAY_MQTT__HOTS): unknown key; " \
+        "did you mean 'host'?"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[mqtt]\nhots = 1\n", "mqtt.hots: unknown key; did you mean 'host'?"),
+        ("gateway = 'x'\n", "gateway: unknown key; did you mean 'gateway_id'?"),
+        ("[detector.devices.pump]\nwarmpu = 5\n", "detector.devices.pump.warmpu: unknown key; did you mean 'warmup'?"),
+        ("[seriall]\nport = 'x'\n", "seriall: unknown key; did you mean 'serial'?"),
+        ("[mqtt]\nzzz = 1\n", "mqtt.zzz: unknown key (got"),
+    ],
+)
+def test_unknown_keys_suggest_the_nearest(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path / "c.toml", text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, environ={})
+    message = str(e.value)
+    if expected.endswith("(got"):  # nothing near: no suggestion, and no value shown for a key that is not one
+        assert message == f"{path}: {expected[:-5]}"
+    else:
+        assert message == f"{path}: {expected}"
+    assert "Extra inputs" not in message
+
+
+def test_messages_carry_no_pydantic_prefix(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", "[detector]\nraise_threshold = 0.3\nclear_threshold = 0.4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path, environ={})
+    assert "clear_threshold (0.4) must be below raise_threshold (0.3)" in str(e.value)
+    assert "Value error" not in str(e.value)
+
+
+def test_device_file_keys_suggest_the_nearest(tmp_path: Path) -> None:
+    path = tmp_path / "devices.toml"
+    add_device(path, "pump")
+    path.write_text(path.read_text() + "perod_s = 60\n")
+    with pytest.raises(ConfigError, match=r"devices.pump.perod_s: unknown key; did you mean 'period_s'\?"):
+        load_devices(path)
+
+
+def test_device_add_refuses_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "nonexistent" / "dir" / "d.toml"
+    assert main(["device", "add", "pump", "--devices", str(target)]) == 2
+    assert f"{target}: folder {target.parent} does not exist (create it, or give --parents)" in capsys.readouterr().err
+    assert not (tmp_path / "nonexistent").exists()
+    assert main(["device", "add", "pump", "--devices", str(target), "--parents"]) == 0
+    assert "pump" in load_devices(target) and (target.stat().st_mode & 0o077) == 0

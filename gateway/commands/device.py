@@ -20,7 +20,7 @@ def _devices_file(args: argparse.Namespace) -> Path:
 
 def cmd_add(args: argparse.Namespace) -> int:
     path = _devices_file(args)
-    entry = add_device(path, args.name, args.period)
+    entry = add_device(path, args.name, args.period, parents=args.parents)
     print(firmware_snippet(args.name, entry), end="")
     print(f"Added to {path}.", file=sys.stderr)
     return 0
@@ -68,4 +68,5 @@ def register(subparsers: Any) -> None:
             p.add_argument("--devices", help="devices file (default: devices_file of the configuration)")
         if name == "add":
             p.add_argument("--period", type=float, help="expected reporting period in seconds")
+            p.add_argument("--parents", action="store_true", help="create the devices file's folder if missing")
         p.set_defaults(func=func)

@@ -66,7 +66,7 @@ def load_devices(path: Path) -> dict[str, DeviceEntry]:
         parsed = DevicesFile.model_validate(raw)
     except ValidationError as e:
         # Never let a key's value into a message.
-        raise ConfigError(format_validation_error(str(path), e, secret=_SECRET_FIELDS)) from None
+        raise ConfigError(format_validation_error(str(path), e, secret=_SECRET_FIELDS, model=DevicesFile)) from None
     seen: dict[str, str] = {}
     for name, entry in parsed.devices.items():
         if not _NAME.match(name):
@@ -100,13 +100,21 @@ def _toml_entry(name: str, e: DeviceEntry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_device(path: Path, name: str, period_s: float | None = None) -> DeviceEntry:
+def add_device(path: Path, name: str, period_s: float | None = None, *, parents: bool = False) -> DeviceEntry:
     """Append a device with fresh random keys; the file is created 0600 if missing."""
-    return add_devices(path, [name], period_s)[name]
+    return add_devices(path, [name], period_s, parents=parents)[name]
 
 
-def add_devices(path: Path, names: list[str], period_s: float | None = None) -> dict[str, DeviceEntry]:
-    """Append devices with fresh random keys in one write (the file is read once, not per device)."""
+def add_devices(
+    path: Path, names: list[str], period_s: float | None = None, *, parents: bool = False
+) -> dict[str, DeviceEntry]:
+    """Append devices with fresh random keys in one write (the file is read once, not per device).
+
+    A missing folder is made (private to its owner) only with `parents`: a mistyped path must not
+    leave a new folder somewhere, at / when run as root.
+    """
+    if not path.parent.is_dir() and not parents:
+        raise ConfigError(f"{path}: folder {path.parent} does not exist (create it, or give --parents)")
     devices = load_devices(path) if path.exists() else {}
     used = {e.dev_addr for e in devices.values()}
     added: dict[str, DeviceEntry] = {}
@@ -127,7 +135,7 @@ def add_devices(path: Path, names: list[str], period_s: float | None = None) -> 
             app_skey=secrets.token_hex(16).upper(),
             period_s=period_s,
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
         for name, entry in added.items():

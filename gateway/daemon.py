@@ -63,7 +63,7 @@ class Daemon:
         # ChirpStack holds the keys and checks the frames itself: no devices file then.
         devices = load_devices(cfg.devices_file) if cfg.input == "serial" else {}
         self.model_root = cfg.model_root or default_model_root()
-        scorer = self._load_scorer()
+        scorer, self._model_refused = self._start_scorer()
         self.store = StateStore(cfg.state_path)
         self.detector = Detector(scorer, cfg.detector, self.store)
         dialect = DIALECTS[cfg.serial.dialect]()
@@ -106,6 +106,20 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
 
+    def _start_scorer(self) -> tuple[OnnxScorer, str | None]:
+        """The model to start with, and why the active bundle was refused if it was.
+
+        An active bundle that fails its checks at start gives way to the packaged default model
+        (the one that runs when nothing is active), so that alerts keep coming: an error line
+        now, a bridge/event once the broker is there, and `check-config` says the same.
+        """
+        try:
+            return self._load_scorer(), None
+        except BundleError as e:
+            default = packaged_default_bundle()
+            log.error("active model refused: %s; running the packaged default model from %s instead", e, default)
+            return self._load_scorer(default), str(e)
+
     def _load_scorer(self, bundle: Path | None = None) -> OnnxScorer:
         bundle = bundle or active_bundle(self.model_root) or packaged_default_bundle()
         scorer = OnnxScorer(bundle)
@@ -133,6 +147,9 @@ class Daemon:
         else:
             self.chirpstack.start()
         self.publisher.start()  # the bridge's discovery goes with every connect (_discovery_configs)
+        if self._model_refused is not None:  # logged at start; the event waits for the broker
+            self.publisher.publish_event({"type": "model_refused", "detail": self._model_refused, "time": time.time(),
+                                          "fallback": self.detector.model_label})
         self.health.start()
         if self.metrics is not None:
             self.metrics.serve(self.cfg.metrics.port or 0, self.cfg.metrics.address)
@@ -285,10 +302,11 @@ class Daemon:
                 self.publisher.publish_discovery(self.discovery.device(reading.device, channels))
             if self.availability.seen(reading.device, reading.time):
                 self.publisher.publish_availability(reading.device, True)
-            payload = telemetry_payload(reading, result.alert_state, result.score, result.likelihood)
+            warming = {name: int(100 * done) for name, done in self.detector.warming_up(reading.device).items()}
+            payload = telemetry_payload(reading, result.alert_state, result.score, result.likelihood, warming)
             self.publisher.publish_state(reading.device, payload)
             history.append((reading.device, reading.time, payload, result.score, result.alert_state))
-            self.devices_seen.saw(reading, result.alert_state, result.score)
+            self.devices_seen.saw(reading, result.alert_state, result.score, warming)
             if self.metrics is not None:
                 self.metrics.latency.observe(time.perf_counter() - read_at)
                 self.metrics.scores.observe(result.score)
@@ -316,7 +334,7 @@ class Daemon:
             return
         self.info["model"] = self._model_info(scorer)
         self.publisher.publish_info(self.info)
-        self._event({"type": "model_reloaded", "detail": scorer.label, "time": time.time()})
+        self._event({"type": "model_reloaded", "detail": scorer.label, "time": time.time()}, logging.INFO)
 
     def _reconnect(self) -> None:
         # Waiting for the port is not a hang: keep the watchdog fed between tries.
@@ -331,10 +349,10 @@ class Daemon:
                 log.warning("serial still away: %s; retrying in %.1f s", e, delay)
                 delay = min(delay * 2, longest)
                 continue
-            log.info("%s back", self.link.describe())
-            self._event({"type": "serial_back", "detail": self.link.describe(), "time": time.time()})
+            # Good news, at INFO: the WARNING was the loss.
+            self._event({"type": "serial_back", "detail": self.link.describe(), "time": time.time()}, logging.INFO)
             return
 
-    def _event(self, event: dict[str, Any]) -> None:
-        log.warning("%s: %s", event["type"], event.get("detail", ""))
+    def _event(self, event: dict[str, Any], level: int = logging.WARNING) -> None:
+        log.log(level, "%s: %s", event["type"], event.get("detail", ""))
         self.publisher.publish_event(event)

@@ -14,6 +14,8 @@ import pytest
 
 from firmware_sim.simulation import Simulation
 from gateway.publish.discovery import Discovery, channel_kind
+from gateway.publish.telemetry import telemetry_payload
+from gateway.records import Reading
 
 from .conftest import Broker, write_config
 
@@ -80,8 +82,11 @@ def test_a_device_is_complete() -> None:
     assert set(configs) == {
         node.format("sensor", "temperature_1"), node.format("sensor", "relative_humidity_2"),
         node.format("sensor", "analog_input_3"), node.format("sensor", "rssi"), node.format("sensor", "snr"),
-        node.format("sensor", "anomaly_score"), node.format("binary_sensor", "alert"),
+        node.format("sensor", "anomaly_score"), node.format("sensor", "warm_up"),
+        node.format("binary_sensor", "alert"),
     }
+    warm_up = configs[node.format("sensor", "warm_up")]
+    assert (warm_up["unit_of_measurement"], warm_up["entity_category"]) == ("%", "diagnostic")
     temperature = configs[node.format("sensor", "temperature_1")]
     assert temperature["device_class"] == "temperature" and temperature["unit_of_measurement"] == "°C"
     assert temperature["state_class"] == "measurement"
@@ -152,7 +157,7 @@ def _ha_check(request: dict) -> list[str]:
 
 def _request(configs: list) -> dict:
     state = {"device": "pump-house", "values": {c: 1.5 for c in CHANNELS}, "rssi": -80.0, "snr": 5.0, "fcnt": 1,
-             "time": 1.0, "anomaly_score": 0.25, "alert_state": "raised"}
+             "time": 1.0, "anomaly_score": 0.25, "alert_state": "raised", "warming_up": {"temperature_1": 37}}
     return {"prefix": "homeassistant", "configs": configs,
             "states": {"lora-gateway/pump-house": json.dumps(state),
                        "lora-gateway/bridge/state": json.dumps({"state": "online"})}}
@@ -230,3 +235,15 @@ def test_a_broker_that_forgot_everything_gets_the_discovery_again(tmp_path: Path
             assert gateway.stop() == 0, gateway.output()
     finally:
         broker.stop()
+
+
+def test_warm_up_shows_the_least_advanced_channel() -> None:
+    """The template over the state payloads the daemon publishes, in Jinja's sandbox as Home Assistant
+    renders it: the lowest percent while a channel warms up, 100 once none does."""
+    sandbox = pytest.importorskip("jinja2.sandbox")
+
+    (_, config), = [(t, c) for t, c in DISCOVERY.device("pump-house", ["temperature_1"]) if "/warm_up/" in t]
+    template = sandbox.ImmutableSandboxedEnvironment().from_string(config["value_template"])
+    reading = Reading("pump-house", {"temperature_1": 4.0, "relative_humidity_2": 80.0}, 1, -80.0, 5.0, 1.0)
+    for warming, shown in (({"temperature_1": 37, "relative_humidity_2": 12}, "12"), ({}, "100")):
+        assert template.render(value_json=json.loads(telemetry_payload(reading, warming_up=warming))) == shown

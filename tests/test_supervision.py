@@ -35,6 +35,11 @@ def test_module_unplugged_and_replugged(tmp_path: Path, broker, recorder_factory
         recorder.wait_for(lambda m: len(_readings(m, "pump-house")) >= before + 2)
         assert gateway.proc.poll() is None
     assert gateway.stop() == 0, gateway.output()
+    # The loss is a warning; its coming back is good news, at INFO.
+    log = gateway.output().splitlines()
+    assert any(" WARNING " in line and "serial_lost" in line for line in log)
+    back = [line for line in log if "serial_back" in line]
+    assert len(back) == 1 and " INFO " in back[0], back
 
 
 def _notify_socket(path: str) -> socket.socket:

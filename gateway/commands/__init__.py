@@ -10,8 +10,10 @@ import argparse
 
 from gateway import __version__
 from gateway.commands import check_config, demo, detect, device, model, report, run, status
-from gateway.commands.common import error
+from gateway.commands.common import closed_stdout_ends_quietly, error
 from gateway.config import ConfigError
+from gateway.detect.scoring import BundleError
+from gateway.service.state import StateError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return closed_stdout_ends_quietly(lambda: _dispatch(argv))
+
+
+def _dispatch(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as e:
         error(e)
         return 2
+    except (StateError, BundleError) as e:
+        error(e)
+        return 1
     except KeyboardInterrupt:
         return 130

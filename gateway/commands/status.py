@@ -97,6 +97,9 @@ def format_report(snapshot: HealthSnapshot, now: float) -> str:
         rssi = "-" if d.last_rssi is None else f"{d.last_rssi:g} dBm"
         score = "" if d.anomaly_score is None else f"  score {d.anomaly_score:.3f}"
         lines.append(f"    {d.name:<20} seen {_ago(now - d.last_seen):<12} rssi {rssi:<9} alert {d.alert_state}{score}")
+        if d.warming_up:  # a score of 0 until then is no all-clear: say so
+            progress = ", ".join(f"{channel} {percent}%" for channel, percent in sorted(d.warming_up.items()))
+            lines.append(f"      warming up (no alerts yet): {progress}")
     return "\n".join(lines)
 
 

@@ -209,6 +209,21 @@ class Detector:
         dev = self._devices.get(device)
         return [n for n, ch in dev.channels.items() if ch.raised] if dev is not None else []
 
+    def warming_up(self, device: str) -> dict[str, float]:
+        """The device's channels still in their warm-up, each with the fraction of it done (0 to
+        1, exclusive): a channel scores once its windows and normalization history are there and
+        may raise alerts after `warmup` readings. A channel past both is not listed."""
+        dev = self._devices.get(device)
+        if dev is None:
+            return {}
+        ready_at = self.scorer.window + self.scorer.normalization.history // _MIN_HISTORY_FRACTION
+        out: dict[str, float] = {}
+        for name, ch in dev.channels.items():
+            needed = max(ch.cfg.warmup, ready_at)
+            if ch.seen < needed:
+                out[name] = ch.seen / needed
+        return out
+
     def _alert_changed(self, out: DetectorOutput, dev: Device, raised: bool) -> None:
         """The device's alert was raised or cleared at `out`: record it and attach the transition."""
         self._dirty_devices.add(out.device)

@@ -177,6 +177,10 @@ class Discovery:
             state_class="measurement", entity_category="diagnostic", icon="mdi:signal-variant")
         add("sensor", "anomaly_score", "Anomaly score", value_template="{{ value_json['anomaly_score'] }}",
             state_class="measurement", suggested_display_precision=3, icon="mdi:chart-bell-curve")
+        # The least advanced channel's warm-up, 100 once every channel may raise alerts.
+        add("sensor", "warm_up", "Warm-up", unit_of_measurement="%", state_class="measurement",
+            entity_category="diagnostic", icon="mdi:progress-clock",
+            value_template="{{ ((value_json.get('warming_up', {}).values() | list) + [100]) | min }}")
         add("binary_sensor", "alert", "Alert", device_class="problem",
             value_template="{{ 'ON' if value_json['alert_state'] == 'raised' else 'OFF' }}",
             payload_on="ON", payload_off="OFF")

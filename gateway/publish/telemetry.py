@@ -17,7 +17,9 @@ def telemetry_payload(
     alert_state: str = "ok",
     anomaly_score: float | None = None,
     anomaly_channels: dict[str, float] | None = None,
+    warming_up: dict[str, int] | None = None,
 ) -> str:
+    """`warming_up`: percent of the warm-up done, per channel still in it ({} once none is)."""
     return to_json({
         "device": reading.device,
         "values": reading.values,
@@ -29,4 +31,5 @@ def telemetry_payload(
         "anomaly_score": anomaly_score,
         "anomaly": anomaly_channels or {},
         "alert_state": alert_state,
+        "warming_up": warming_up or {},
     })

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -41,12 +42,21 @@ class SerialLink:
     def describe(self) -> str:
         return f"{self.cfg.dialect} module on {self.cfg.port} at {self.cfg.effective_baud} baud"
 
-    def open(self) -> None:
-        """Open the port and configure the module; ModuleError says what went wrong and where."""
+    def _open_port(self) -> serial.Serial:
+        if not os.path.exists(self.cfg.port):
+            raise ModuleError(f"{self.describe()}: no such port (is the module plugged in? ls /dev/serial/by-id/)")
         try:
-            self._port = serial.Serial(self.cfg.port, self.cfg.effective_baud, timeout=0.1, write_timeout=2)
+            return serial.Serial(self.cfg.port, self.cfg.effective_baud, timeout=0.1, write_timeout=2)
         except (serial.SerialException, OSError) as e:
             raise ModuleError(f"{self.describe()}: cannot open port: {e}") from None
+
+    def probe(self) -> None:
+        """Open and close the port without a word to the module (check-config); ModuleError if it cannot."""
+        self._open_port().close()
+
+    def open(self) -> None:
+        """Open the port and configure the module; ModuleError says what went wrong and where."""
+        self._port = self._open_port()
         self._buffer.clear()
         self._unread.clear()
         self._discarding = False

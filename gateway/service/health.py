@@ -50,6 +50,7 @@ class DeviceHealth:
     last_rssi: float | None
     alert_state: str = "ok"
     anomaly_score: float | None = None
+    warming_up: dict[str, int] = field(default_factory=dict)  # channel -> percent of its warm-up done
 
 
 @dataclass(slots=True)
@@ -119,10 +120,18 @@ class DeviceTable:
     def __init__(self) -> None:
         self._devices: dict[str, DeviceHealth] = {}
 
-    def saw(self, reading: Reading, alert_state: str = "ok", anomaly_score: float | None = None) -> None:
+    def saw(
+        self,
+        reading: Reading,
+        alert_state: str = "ok",
+        anomaly_score: float | None = None,
+        warming_up: dict[str, int] | None = None,
+    ) -> None:
         # A fresh object per update: the reader copies the dict and never sees one half-updated.
         rssi = reading.rssi if math.isfinite(reading.rssi) else None  # unknown, e.g. from ChirpStack without rxInfo
-        self._devices[reading.device] = DeviceHealth(reading.device, reading.time, rssi, alert_state, anomaly_score)
+        self._devices[reading.device] = DeviceHealth(
+            reading.device, reading.time, rssi, alert_state, anomaly_score, warming_up or {}
+        )
 
     def rows(self) -> list[DeviceHealth]:
         return sorted(dict(self._devices).values(), key=lambda d: d.name)

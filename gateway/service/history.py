@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.service.state import unreadable
+
 DEFAULT_RETENTION_S = 7 * 86400
 PRUNE_BATCH = 5000
 PRUNE_EVERY_S = 60.0
@@ -63,11 +65,14 @@ class History:
         self.interval_s = interval_s
         self._last_row: dict[str, tuple[float, str]] = {}  # device -> time and alert state of its last row
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # History is not the alert path: after a power cut losing the last seconds is fine, an fsync per batch is not.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # History is not the alert path: after a power cut losing the last seconds is fine, an fsync per batch is not.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise unreadable(path, e) from None
         self._next_prune = 0.0
         self._pending: list[HistoryEntry] = []
         self._next_write = 0.0

@@ -23,6 +23,34 @@ CREATE TABLE IF NOT EXISTS blobs (
 """
 
 
+class StateError(Exception):
+    """The state database cannot be used; phrased for the user: which file, and what to do."""
+
+
+def unreadable(path: Path | str, error: sqlite3.Error) -> StateError:
+    """A database that SQLite refuses. It is never replaced here: it holds the frame counters
+    (replay protection) and the alerts not yet delivered, so the operator decides."""
+    return StateError(
+        f"{path}: the state database is not usable ({error}). It holds frame counters and unsent alerts, so "
+        f"it is left as it is: restore a backup, or move it aside to start afresh (mv {path} {path}.bad), "
+        "which forgets both"
+    )
+
+
+def check_database(path: Path) -> None:
+    """PRAGMA quick_check on an existing database, read-only; StateError if it fails."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise unreadable(path, e) from None
+    if problems != ["ok"]:
+        raise unreadable(path, sqlite3.DatabaseError(f"quick_check: {'; '.join(problems[:3])}"))
+
+
 class StateStore:
     """Durable key-value state. Safe to share between threads; each write is one transaction."""
 
@@ -31,17 +59,20 @@ class StateStore:
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        # A new database gets 1 KB pages (one made before keeps its own): the frame counters are
-        # committed once per serial read, one page into the WAL each time, so that page is the
-        # floor of what the daemon writes to a Pi's SD card a frame (4 KB pages: 6 GB a day at 17 frames/s).
-        self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: every commit survives a crash or kill -9 without an fsync per batch of
-        # frames (which capped throughput near 1,000 batches/s); a power cut may lose the last commits.
-        # The alert outbox, which must survive power loss, keeps FULL on its own connection.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            # A new database gets 1 KB pages (one made before keeps its own): the frame counters are
+            # committed once per serial read, one page into the WAL each time, so that page is the
+            # floor of what the daemon writes to a Pi's SD card a frame (4 KB pages: 6 GB a day at 17 frames/s).
+            self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: every commit survives a crash or kill -9 without an fsync per batch of
+            # frames (which capped throughput near 1,000 batches/s); a power cut may lose the last commits.
+            # The alert outbox, which must survive power loss, keeps FULL on its own connection.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise unreadable(path, e) from None
 
     def frame_counters(self) -> dict[int, int]:
         with self._lock:

@@ -20,6 +20,8 @@ from firmware_sim.modules import EMULATORS
 from firmware_sim.replay import check_encodable, read_series, replay_engine
 from firmware_sim.scenario import load_scenario, resolve
 from firmware_sim.simulation import RunOptions, Simulation
+from gateway import __version__
+from gateway.commands.common import closed_stdout_ends_quietly
 from gateway.config import ConfigError
 from gateway.uplink import lpp
 from gateway.uplink.devices import add_device, load_devices, session_keys
@@ -63,15 +65,23 @@ def _save_counters(sim: Simulation, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# argparse names a type function that raises ValueError in its message ("invalid _speed value"):
+# these raise ArgumentTypeError, whose text argparse shows as it is.
 def _speed(text: str) -> float:
-    value = math.inf if text in ("max", "inf") else float(text)
+    try:
+        value = math.inf if text in ("max", "inf") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (or 'max')") from None
     if not value > 0:
         raise argparse.ArgumentTypeError("must be above 0 (or 'max')")
     return value
 
 
 def _channel(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (an LPP channel is 0..255)") from None
     if not 0 <= value <= 255:
         raise argparse.ArgumentTypeError("an LPP channel is 0..255")
     return value
@@ -98,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "simulated sensor nodes that send Cayenne LPP in LoRaWAN ABP uplinks. Point the gateway's "
         "serial.port at the printed path or at --link. Without a command: run.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the devices file's nodes, or a scenario's fleet with faults (default)",
                          description="Run nodes over a simulated EU868 radio channel. With --scenario the fleet, "
@@ -200,6 +211,8 @@ def _replay(args: argparse.Namespace) -> int:
     if args.rate is not None and args.speed != 1.0:
         raise ConfigError("give --speed or --rate, not both")
     series = read_series(args.csv, args.column, args.time_column or None)
+    for warning in series.warnings:
+        print(f"lora-sim: warning: {warning}", file=sys.stderr)
     check_encodable(series, args.csv, args.column, args.channel, args.type)
     if not (args.devices.exists() and args.device in load_devices(args.devices)):
         add_device(args.devices, args.device)
@@ -215,8 +228,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help")):
+    return closed_stdout_ends_quietly(lambda: _dispatch(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv or (argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "run")
     args = build_parser().parse_args(argv)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import random
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,8 +23,9 @@ _TIME_SLACK_S = 1e-6
 @dataclass(frozen=True, slots=True)
 class Series:
     origin: float | None  # unix time of the first row; None without a time column
-    offsets: list[float]  # seconds from the first row
+    offsets: list[float]  # seconds from the first row, increasing (see read_series)
     values: list[float]
+    warnings: list[str] = field(default_factory=list)  # for the user: where the file's clock stepped back
 
 
 def _timestamp(text: str) -> float:
@@ -36,7 +37,13 @@ def _timestamp(text: str) -> float:
 
 
 def read_series(path: Path, column: str, time_column: str | None) -> Series:
-    """The column's values and, with `time_column`, their times; errors name file, row and column."""
+    """The column's values and, with `time_column`, their times; errors name file, row and column.
+
+    Rows are sent in the file's order. Where its clock steps back (NAB's machine_temperature
+    file does, an hour at a clock change), the later rows keep their spacing but are moved
+    after the row before, one usual step on, and a warning says so: `detect` too takes the
+    rows in the file's order.
+    """
     try:
         f = path.open(newline="")
     except OSError as e:
@@ -51,6 +58,9 @@ def read_series(path: Path, column: str, time_column: str | None) -> Series:
             if wanted is not None and wanted not in header:
                 raise ConfigError(f"{path}: no column {wanted!r} (columns: {', '.join(header)})")
         last = -float("inf")
+        step = 1.0  # the usual step between rows, for a row whose time is not after the one before
+        shift = 0.0
+        warnings: list[str] = []
         for row_no, row in enumerate(reader, start=2):
             try:
                 values.append(float(row[column]))
@@ -62,14 +72,23 @@ def read_series(path: Path, column: str, time_column: str | None) -> Series:
                 t = _timestamp(row[time_column])
             except (TypeError, ValueError):
                 raise ConfigError(f"{path}: row {row_no}: {time_column}: not a time ({row[time_column]!r})") from None
+            t += shift
             if t <= last:
-                raise ConfigError(f"{path}: row {row_no}: {time_column}: not after the row before")
+                moved = last + step - t
+                warnings.append(
+                    f"{path}: row {row_no}: {time_column} {row[time_column]} is {last - t:g} s before the row "
+                    f"before; rows are sent in the file's order, from this one on {moved:g} s later than written"
+                )
+                shift += moved
+                t += moved
+            elif offsets:
+                step = t - last
             last = t
             origin = t if origin is None else origin
             offsets.append(t - origin)
     if not values:
         raise ConfigError(f"{path}: no rows")
-    return Series(origin, offsets, values)
+    return Series(origin, offsets, values, warnings)
 
 
 def check_encodable(series: Series, path: Path, column: str, channel: int, lpp_type: str) -> None:

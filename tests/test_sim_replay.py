@@ -106,7 +106,6 @@ def test_replay_uses_the_csv_timestamps_scaled_by_speed(tmp_path: Path) -> None:
     [
         ("timestamp,value\n2024-01-01 00:00:00,1\n", ["--column", "v"], "no column 'v' (columns: timestamp, value)"),
         ("timestamp,value\n2024-01-01 00:00:00,x\n", [], "row 2: value: not a number ('x')"),
-        ("timestamp,value\n2024-01-01 00:05:00,1\n2024-01-01 00:00:00,2\n", [], "row 3: timestamp: not after"),
         ("timestamp,value\n2024-01-01 00:00:00,5000\n", [], "row 2: value: temperature: value 5000.0 outside"),
     ],
 )
@@ -132,3 +131,33 @@ def test_read_series_without_times(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no rows"):
         (tmp_path / "empty.csv").write_text("value\n")
         read_series(tmp_path / "empty.csv", "value", None)
+
+
+def test_a_clock_that_steps_back_is_replayed_in_the_files_order(tmp_path: Path) -> None:
+    """NAB's machine_temperature file steps back an hour at row 10151 (a clock change), as the README's
+    example meets it: a warning naming the row, and every row kept, in order, an hour later from there."""
+    if not NAB_FILE.exists():
+        pytest.skip(f"{NAB_FILE} not present (the NAB corpus is not part of the repository)")
+    series = read_series(NAB_FILE, "value", "timestamp")
+    assert len(series.values) == len(NAB_FILE.read_text().splitlines()) - 1
+    assert all(b > a for a, b in zip(series.offsets, series.offsets[1:]))
+    assert series.offsets[10149] - series.offsets[10148] == 300  # rows 10151 and 10150, spaced as usual
+    assert len(series.warnings) == 1
+    assert "row 10151: timestamp 2014-01-07 02:00:00 is 3300 s before the row before" in series.warnings[0]
+
+
+def test_replayed_csv_with_a_step_back_arrives_in_order(
+    tmp_path: Path, broker, recorder_factory, gateways, devices_file
+) -> None:
+    csv_path = tmp_path / "series.csv"
+    values = nab_layout_csv(csv_path, 60)
+    lines = csv_path.read_text().splitlines()
+    stamps = [line.split(",")[0] for line in lines[1:]]
+    # From row 32 on, the clock reads an hour earlier, as at the end of summer time.
+    shifted = [datetime.fromisoformat(t).replace(tzinfo=UTC).timestamp() - (3600 if i >= 30 else 0)
+               for i, t in enumerate(stamps)]
+    csv_path.write_text("timestamp,value\n" + "".join(
+        f"{datetime.fromtimestamp(t, UTC):%Y-%m-%d %H:%M:%S},{v}\n" for t, v in zip(shifted, values, strict=True)))
+    check_arrival(tmp_path, broker, recorder_factory, gateways, devices_file, csv_path, values, "rylr",
+                  "temperature", "--speed", "30000")
+    assert "row 32: timestamp" in (tmp_path / "sim.log").read_text()

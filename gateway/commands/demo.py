@@ -2,8 +2,9 @@
 
 The farm's nodes run on a sped-up clock with one injected fault (the cold room's door is
 left open for an hour), so an alert is raised and cleared within a minute or so. The view is built only from
-what the gateway publishes over MQTT, as any dashboard would see it: redrawn in place on a
-terminal, plain lines when the output is a file or a pipe.
+what the gateway publishes over MQTT, as any dashboard would see it (gateway.commands.demo_view):
+redrawn in place on a terminal, plain lines when the output is a file or a pipe; each alert
+marked by what was injected, or as a false alert.
 
 Broker: `--broker HOST:PORT`, else mosquitto when installed, else an embedded amqtt broker.
 """
@@ -12,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -23,13 +22,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.commands.demo_view import GroundTruth, Injected, LiveView
 
 BASE = "lora-gateway"
 DEFAULT_SPEED = 600.0
@@ -142,121 +141,6 @@ def start_broker(workdir: Path, embedded: bool) -> Broker:
                            "pip install 'lora-gateway[demo]', or pass --broker HOST:PORT") from None
 
 
-@dataclass
-class DeviceView:
-    name: str
-    values: dict[str, float] = field(default_factory=dict)
-    fcnt: int | None = None
-    rssi: float | None = None
-    snr: float | None = None
-    score: float | None = None
-    alert_state: str = "ok"
-    online: bool = True
-    seen: float = 0.0  # monotonic, for "n s ago"
-
-
-def _num(x: float | None, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-class LiveView:
-    """What the gateway publishes, folded into a table; thread-safe (paho calls `on_message` from its thread)."""
-
-    def __init__(self, base: str, out: TextIO, tty: bool, header: list[str]) -> None:
-        self.base = base
-        self.out = out
-        self.tty = tty
-        self.header = header
-        self.devices: dict[str, DeviceView] = {}
-        self.log: list[str] = []  # alerts and events, newest last
-        self.alerts = 0
-        self.bridge = "connecting"
-        self._printed: dict[str, float] = {}
-        self._size: os.terminal_size | None = None
-        self._lock = threading.Lock()
-
-    def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self.handle(msg.topic, bytes(msg.payload))
-        except (ValueError, KeyError, TypeError):
-            pass  # a payload this view does not understand is not the demo's business
-
-    def handle(self, topic: str, payload: bytes) -> None:
-        parts = topic[len(self.base) + 1:].split("/")
-        with self._lock:
-            if parts == ["bridge", "state"]:
-                self.bridge = json.loads(payload)["state"]
-                self._note(f"gateway {self.bridge}")
-            elif parts == ["bridge", "event"]:
-                e = json.loads(payload)
-                what = " ".join(str(e[k]) for k in ("reason", "detail") if e.get(k))
-                self._note(f"event {e.get('type')}: {what}".rstrip(": "))
-            elif len(parts) == 1 and parts[0] != "bridge":
-                self._reading(json.loads(payload))
-            elif len(parts) == 2 and parts[1] == "availability":
-                self._device(parts[0]).online = payload == b"online"
-            elif len(parts) == 2 and parts[1] == "alert":
-                a = json.loads(payload)
-                self.alerts += a["state"] == "raised"
-                channels = ", ".join(f"{c} {s:.2f}" for c, s in a.get("channels", {}).items())
-                self._note(f"ALERT {a['state'].upper()} {a['device']}: score {a['score']:.2f} "
-                           f"(threshold {a['threshold']:.2f}) {channels}".rstrip())
-
-    def _device(self, name: str) -> DeviceView:
-        return self.devices.setdefault(name, DeviceView(name))
-
-    def _reading(self, body: dict[str, Any]) -> None:
-        d = self._device(body["device"])
-        changed = d.alert_state != body.get("alert_state", "ok")
-        d.values, d.fcnt, d.rssi, d.snr = body["values"], body["fcnt"], body["rssi"], body["snr"]
-        d.score, d.alert_state, d.seen = body.get("anomaly_score"), body.get("alert_state", "ok"), time.monotonic()
-        # Plain output: a device's line at most once a second (and whenever its alert state changes).
-        if not self.tty and (changed or d.seen - self._printed.get(d.name, -1.0) >= 1.0):
-            self._printed[d.name] = d.seen
-            self._emit(self._device_line(d))
-
-    def _note(self, text: str) -> None:
-        line = f"{datetime.now():%H:%M:%S}  {text}"
-        self.log = [*self.log[-7:], line]
-        if not self.tty:
-            self._emit(line)
-
-    def _emit(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
-
-    @staticmethod
-    def _device_line(d: DeviceView) -> str:
-        state = "ALERT" if d.alert_state == "raised" else ("offline" if not d.online else "ok")
-        values = "  ".join(f"{k}={v:g}" for k, v in sorted(d.values.items()))
-        return (f"{d.name:<12} {state:<7} score {_num(d.score, '.2f'):>4}  rssi {_num(d.rssi, '.0f'):>4} dBm  "
-                f"snr {_num(d.snr, '.1f'):>5}  fcnt {d.fcnt if d.fcnt is not None else '-':>5}  {values}")
-
-    def screen(self) -> list[tuple[str, bool]]:
-        """The terminal view: (line, highlighted) pairs; a device in alert is highlighted."""
-        now = time.monotonic()
-        with self._lock:
-            lines = [(text, False) for text in self.header]
-            summary = f"gateway: {self.bridge}    devices: {len(self.devices)}    alerts raised: {self.alerts}"
-            lines += [(summary, False), ("", False)]
-            for d in sorted(self.devices.values(), key=lambda d: d.name):
-                lines.append((f"{self._device_line(d)}  ({now - d.seen:.0f} s ago)", d.alert_state == "raised"))
-            lines += [("", False), ("alerts and events:", False)]
-            lines += [(text, "  ALERT RAISED " in text) for text in self.log or ["  (none yet)"]]
-        return lines
-
-    def draw(self) -> None:
-        """Redraw in place: home, each line cut to the width and cleared to its end, then the rest cleared."""
-        size = shutil.get_terminal_size()
-        # After a resize, lines wrapped at the old width may sit anywhere: clear the whole screen once.
-        clear = "\x1b[2J" if size != self._size else ""
-        self._size = size
-        width = size.columns
-        body = "".join(f"\x1b[1;31m{text[:width]}\x1b[0m\x1b[K\n" if hot else f"{text[:width]}\x1b[K\n"
-                       for text, hot in self.screen())
-        self.out.write(f"{clear}\x1b[H{body}\x1b[J")
-        self.out.flush()
-
-
 def run_demo(args: argparse.Namespace) -> int:
     from firmware_sim.scenario import Scenario
     from firmware_sim.simulation import Simulation
@@ -291,8 +175,10 @@ def run_demo(args: argparse.Namespace) -> int:
         with gateway_log.open("wb") as log_file:
             # In the demo's process group: whatever ends the whole group (a terminal's Ctrl-C, a supervisor's
             # kill) ends it too; a hangup only reloads its model, and the demo then stops it with SIGTERM.
-            gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
-                                       stdout=log_file, stderr=subprocess.STDOUT)
+            # -P and a cwd of its own: a `models/` or `gateway/` folder where the user stands must not
+            # shadow the installed packages (python -m puts the current folder first on sys.path).
+            gateway = subprocess.Popen([sys.executable, "-P", "-m", "gateway", "run", "--config", str(config)],
+                                       stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir)
         sim.start()
         header = [
             f"lora-gateway demo: {len(FARM['nodes'])} simulated nodes at {args.speed:g}x real time, one fault "
@@ -301,7 +187,10 @@ def run_demo(args: argparse.Namespace) -> int:
             f"files in {workdir}{'' if args.keep else ' (removed at exit; --keep keeps them)'}",
             f"  watch too: mosquitto_sub -h {host} -p {port} -t '{BASE}/#' -v",
         ]
-        view = LiveView(BASE, sys.stdout, tty, header)
+        speed, clock = args.speed, sim.clock  # the clock starts once the gateway has set up the module
+        truth = GroundTruth([Injected(lb.node, lb.channel, lb.fault, lb.start_s, lb.end_s) for lb in sim.labels],
+                            lambda when: (when - clock.wall_at(0)) * speed)
+        view = LiveView(BASE, sys.stdout, tty, header, truth)
         if not tty:
             print("\n".join(header), flush=True)
         client = mqtt.Client(CallbackAPIVersion.VERSION2)
@@ -313,6 +202,7 @@ def run_demo(args: argparse.Namespace) -> int:
             sys.stdout.write("\x1b[?25l")  # hide the cursor while redrawing
         deadline = time.monotonic() + args.duration if args.duration else None
         while not stop.wait(0.25):
+            view.follow_injections(time.time())
             if tty:
                 view.draw()
             if gateway.poll() is not None:
@@ -363,7 +253,8 @@ def register(subparsers: Any) -> None:
         "broker (mosquitto if installed, else an embedded one; or --broker) and the gateway, and show "
         "devices, values, RSSI, anomaly scores and alerts live from the MQTT topics.",
     )
-    p.add_argument("--dialect", choices=["rylr", "rak3172", "rn2483"], default="rylr")
+    p.add_argument("--dialect", choices=["rylr", "rak3172", "rn2483"], default="rylr",
+                   help="LoRa module to emulate (default: rylr)")
     p.add_argument("--broker", help="use this broker (HOST:PORT) instead of starting one")
     p.add_argument("--embedded-broker", action="store_true", help="use the embedded broker even if mosquitto is there")
     p.add_argument("--speed", type=float, default=DEFAULT_SPEED,

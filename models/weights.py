@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,20 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
 
 
+# The sentence of torch's refusal that names the global the pickle would import ("... GLOBAL
+# posix.system whose module posix is blocked."); dots inside names do not end it.
+_GLOBAL_SENTENCE = re.compile(r"[^.\n]*GLOBAL\b.*?(?:\.(?=\s|$)|$)", re.MULTILINE)
+
+
+def _what_it_holds(e: pickle.UnpicklingError) -> str:
+    """What the refused pickle holds, in whole sentences. Not torch's opening advice: to load it
+    with weights_only=False is exactly what must not be done with a file of unknown origin."""
+    text = str(e)
+    if m := _GLOBAL_SENTENCE.search(text):
+        return " ".join(m[0].split())
+    return " ".join(text.split()) or "disallowed content"
+
+
 def read_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors or .pt file; pickled code never runs."""
     if not path.is_file():
@@ -79,12 +94,11 @@ def read_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, to
             # that would import or call anything is rejected before it runs.
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else "disallowed content"
             raise WeightsError(
-                path, f"refused: pickle holds more than tensors (code or objects); nothing was run ({first})"
+                path, f"refused: pickle holds more than tensors (code or objects); nothing was run ({_what_it_holds(e)})"
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise WeightsError(path, f"not a readable torch file ({str(e).splitlines()[0][:160]})") from None
+            raise WeightsError(path, f"not a readable torch file ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
         if not isinstance(obj, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
         ):

@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from gateway.commands.report import parse_span
+from gateway.commands.report import channel_series, parse_span, with_gaps
 from gateway.publish.telemetry import telemetry_payload
 from gateway.records import Reading
 from gateway.service import history as history_module
@@ -170,3 +170,29 @@ def test_report_without_matplotlib_says_how_to_get_it(tmp_path: Path) -> None:
                       prelude="sys.modules['matplotlib'] = None")
     assert done.returncode == 1
     assert "pip install 'lora-gateway[report]'" in done.stderr
+
+
+def test_gaps_stay_gaps_and_channels_no_longer_sent_are_left_out() -> None:
+    rows = rows_for("pump-house", 0.0, 130)
+    # An hour without readings in the middle; and battery_9 sent only until row 60.
+    rows = [r for r in rows if not 70 <= r.time / 60 < 120]
+    rows = [HistoryRow(r.device, r.time, {**r.values, **({"battery_9": 3.3} if r.time < 60 * 60 else {})},
+                       r.score, r.alert_state) for r in rows]
+    kept, dropped = channel_series(rows)
+    assert set(kept) == {"temperature_1", "relative_humidity_2"} and dropped == {"battery_9": 59 * 60.0}
+    gaps = [i for i, v in enumerate(kept["temperature_1"].values) if math.isnan(v)]
+    assert len(gaps) == 1 and 69 * 60 < kept["temperature_1"].times[gaps[0]] < 120 * 60
+    assert with_gaps([(0.0, 1.0), (60.0, 2.0), (120.0, 3.0)]).values == [1.0, 2.0, 3.0]  # no gap, no break
+
+
+def test_report_names_the_channels_it_left_out(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    now = time.time()
+    rows = [HistoryRow(r.device, r.time, {**r.values, **({"battery_9": 3.3} if i < 60 else {})}, r.score,
+                       r.alert_state) for i, r in enumerate(rows_for("pump-house", now - 130 * 60, 130))]
+    h = History(tmp_path / "state.db")
+    h.append(entries(rows), now=now)
+    h.close()
+    done = run_report("--device", "pump-house", "--out", str(tmp_path / "r.png"), "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "  left out battery_9: no longer sent (last at " in done.stdout

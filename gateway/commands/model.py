@@ -292,9 +292,9 @@ def _train_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument(
         "--csv", action="append", default=[], metavar="FILE", help="series as timestamp,value (NAB layout); repeatable"
     )
-    p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default: {steps})")
+    p.add_argument("--batch", type=int, default=256, help="windows per optimizer step (default: 256)")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate of the optimizer (default: 0.002)")
     p.add_argument("--seed", type=int, default=0, help="fixed seed: same seed, data and torch give the same weights")
 
 
@@ -333,12 +333,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--out", required=True, help="weights file to write (.safetensors; config.json goes beside it)")
     p.add_argument("--bundle", help="also build a bundle into this new directory")
-    p.add_argument("--arch", default="mlp_ae", choices=("mlp_ae", "mlp_forecast", "conv_ae"))
-    p.add_argument("--window", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--latent", type=int, default=4)
-    p.add_argument("--name", default="default")
-    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--arch", default="mlp_ae", choices=("mlp_ae", "mlp_forecast", "conv_ae"),
+                   help="mlp_ae: autoencoder, scores the reconstruction error; mlp_forecast: scores the error of "
+                   "predicting the window's last values; conv_ae: convolutional autoencoder (default: mlp_ae)")
+    p.add_argument("--window", type=int, default=32,
+                   help="readings per scored window, at least 8 (a multiple of 4 for conv_ae; default: 32)")
+    p.add_argument("--hidden", type=int, default=256, help="width of the hidden layers (default: 256)")
+    p.add_argument("--latent", type=int, default=4,
+                   help="width of the autoencoders' bottleneck: smaller learns only the typical shapes (default: 4)")
+    p.add_argument("--name", default="default", help="model name in the manifest and in NAME@VERSION (default: default)")
+    p.add_argument("--version", default="1.0.0", help="model version in the manifest (default: 1.0.0)")
     p.add_argument("--min-agreement", type=float, default=None, help=gate_help)
     _train_args(p, 4000)
     p.set_defaults(func=cmd_train)
@@ -372,11 +376,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("list", help="list installed bundles (* = active)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the bundles as JSON")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("activate", help="make NAME@VERSION the active model (atomic)")
-    p.add_argument("ref", metavar="NAME@VERSION")
+    p.add_argument("ref", metavar="NAME@VERSION", help="an installed bundle (see `lora-gateway model list`)")
     p.add_argument("--min-agreement", type=float, default=None, help=gate_help)
     p.set_defaults(func=cmd_activate)
 
@@ -389,7 +393,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("remove", help="delete an installed bundle (not the active one)")
-    p.add_argument("ref", metavar="NAME@VERSION")
+    p.add_argument("ref", metavar="NAME@VERSION", help="an installed bundle, not the active one")
     p.set_defaults(func=cmd_remove)
 
     for action in sub.choices.values():

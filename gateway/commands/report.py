@@ -6,9 +6,13 @@ matplotlib is an optional dependency (the `[report]` extra): the daemon never ne
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import re
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,15 +32,71 @@ def parse_span(text: str) -> float:
     return float(m[1]) * _UNITS[m[2] or "s"]
 
 
-def plot(rows: list[HistoryRow], device: str, out: Path, thresholds: tuple[float, float] | None = None) -> None:
-    """One panel per channel, then the anomaly score with the (raise, clear) thresholds; alerts shaded."""
+# A silence longer than this many times a series' usual spacing is a gap: drawn as one, not bridged.
+GAP_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
+class Series:
+    times: list[float]  # unix seconds
+    values: list[float]  # NaN where the line breaks
+
+
+def with_gaps(points: list[tuple[float, float]]) -> Series:
+    """The points, with a NaN value halfway between two that lie more than GAP_FACTOR usual
+    spacings apart: matplotlib breaks a line at a NaN."""
+    times: list[float] = []
+    values: list[float] = []
+    limit = GAP_FACTOR * _usual_spacing([t for t, _ in points])
+    for i, (t, v) in enumerate(points):
+        if i and t - points[i - 1][0] > limit:
+            times.append((points[i - 1][0] + t) / 2)
+            values.append(math.nan)
+        times.append(t)
+        values.append(v)
+    return Series(times, values)
+
+
+def _usual_spacing(times: list[float]) -> float:
+    return statistics.median(b - a for a, b in itertools.pairwise(times)) if len(times) > 1 else math.inf
+
+
+def channel_series(rows: list[HistoryRow]) -> tuple[dict[str, Series], dict[str, float]]:
+    """Each channel still sent, with its gaps; and the channels the device no longer sends, with the
+    time each was last sent: silent for more than GAP_FACTOR of its usual spacing at the end."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        for name, value in r.values.items():
+            points.setdefault(name, []).append((r.time, value))
+    end = rows[-1].time
+    kept: dict[str, Series] = {}
+    dropped: dict[str, float] = {}
+    for name in sorted(points):
+        series = points[name]
+        last = series[-1][0]
+        spacing = _usual_spacing([t for t, _ in series])
+        if end - last > GAP_FACTOR * spacing:  # a channel seen once has no spacing: it stays
+            dropped[name] = last
+        else:
+            kept[name] = with_gaps(series)
+    return kept, dropped
+
+
+def _dates(times: list[float]) -> list[datetime]:
+    return [datetime.fromtimestamp(t) for t in times]
+
+
+def plot(rows: list[HistoryRow], device: str, out: Path, thresholds: tuple[float, float] | None = None) -> dict[str, float]:
+    """One panel per channel still sent, then the anomaly score with the (raise, clear) thresholds;
+    alerts shaded, gaps in the data left as gaps. Returns the channels left out (see channel_series)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a Pi or in CI
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    channels = sorted({name for r in rows for name in r.values})
+    series, dropped = channel_series(rows)
+    channels = list(series)
     times = [datetime.fromtimestamp(r.time) for r in rows]
     end = times[-1]
     spans = [(datetime.fromtimestamp(a), datetime.fromtimestamp(b) if b is not None else end)
@@ -45,12 +105,11 @@ def plot(rows: list[HistoryRow], device: str, out: Path, thresholds: tuple[float
                              figsize=(11, 1.9 * (len(channels) + 1) + 0.8))
     panels = [ax for (ax,) in axes]
     for ax, channel in zip(panels, channels, strict=False):  # the last panel is the score's
-        points = [(t, r.values[channel]) for t, r in zip(times, rows, strict=True) if channel in r.values]
-        ax.plot([p[0] for p in points], [p[1] for p in points], lw=1, color="tab:blue")
+        ax.plot(_dates(series[channel].times), series[channel].values, lw=1, color="tab:blue")
         ax.set_ylabel(channel, rotation=0, ha="right", va="center", fontsize=8)
     score_ax = panels[-1]
-    scored = [(t, r.score) for t, r in zip(times, rows, strict=True) if r.score is not None]
-    score_ax.plot([p[0] for p in scored], [p[1] for p in scored], lw=1, color="tab:orange")
+    scored = with_gaps([(r.time, r.score) for r in rows if r.score is not None])
+    score_ax.plot(_dates(scored.times), scored.values, lw=1, color="tab:orange")
     score_ax.set_ylabel("anomaly score", rotation=0, ha="right", va="center", fontsize=8)
     score_ax.set_ylim(-0.02, 1.02)
     if thresholds is not None:
@@ -69,6 +128,7 @@ def plot(rows: list[HistoryRow], device: str, out: Path, thresholds: tuple[float
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+    return dropped
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -95,9 +155,11 @@ def handler(args: argparse.Namespace) -> int:
         return 1
     # Device-wide settings; a channel may override them, so these lines are a guide for tuning.
     settings = cfg.detector.resolve(args.device, "")
-    plot(rows, args.device, args.out, (settings.raise_threshold, settings.clear_threshold))
+    dropped = plot(rows, args.device, args.out, (settings.raise_threshold, settings.clear_threshold))
     spans = alert_spans(rows)
     print(f"{args.out}: {len(rows)} readings of {args.device}, {len(spans)} alert(s)")
+    for channel, last in dropped.items():
+        print(f"  left out {channel}: no longer sent (last at {datetime.fromtimestamp(last):%Y-%m-%d %H:%M:%S})")
     return 0
 
 

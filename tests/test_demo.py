@@ -73,10 +73,10 @@ def processes_using(workdir: str) -> list[str]:
 
 
 def test_demo_shows_devices_and_the_alert_then_stops_on_ctrl_c(tmp_path: Path) -> None:
-    # Started where a `models/` folder lies (a repository root, a user's own bundles): the gateway the
-    # demo starts must still import the installed packages, not that folder.
+    # Started where a `models/` package lies (a repository root, a copy of one): the gateway the demo
+    # starts must still import the installed packages, not that folder.
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "notes.txt").write_text("my bundles\n")
+    (tmp_path / "models" / "__init__.py").write_text("")
     proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=tmp_path)
     try:

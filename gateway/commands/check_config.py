@@ -75,7 +75,7 @@ def check_model(cfg: GatewayConfig) -> Check:
     active = active_bundle(root)
     bundle = active or packaged_default_bundle()
     try:
-        manifest = verify_bundle(bundle)
+        manifest = verify_bundle(bundle, min_agreement=cfg.model.min_agreement)  # as the gateway reloads it
     except BundleError as e:
         fallback = "; run falls back to the packaged default model" if active is not None else ""
         return Check("model", "FAILED", f"{e}{fallback}")

@@ -173,5 +173,5 @@ def test_a_batch_wakes_paho_once_and_loses_nothing(tmp_path: Path, broker, recor
 def test_telemetry_qos_from_the_environment_and_refused_out_of_range() -> None:
     assert load_config(None, {"LORA_GATEWAY_MQTT__TELEMETRY_QOS": "1"}).mqtt.telemetry_qos == 1
     assert load_config(None, {}).mqtt.telemetry_qos == 0
-    with pytest.raises(ConfigError, match=r"mqtt\.telemetry_qos: Input should be less than or equal to 1"):
+    with pytest.raises(ConfigError, match=r"mqtt\.telemetry_qos \(from LORA_GATEWAY_MQTT__TELEMETRY_QOS\): Input should be less than or equal to 1"):
         load_config(None, {"LORA_GATEWAY_MQTT__TELEMETRY_QOS": "2"})

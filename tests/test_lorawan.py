@@ -158,7 +158,7 @@ def test_forget_counter_lets_a_reset_device_back_in(store: StateStore) -> None:
     assert decoder.decode(reset).payload == b"after reset"
 
 
-REASONS = {"frame_too_short", "unsupported_mhdr", "unknown_device", "bad_mic", "replay", "invalid_frame"}
+REASONS = {"frame_too_short", "frame_too_long", "unsupported_mhdr", "unknown_device", "bad_mic", "replay", "invalid_frame"}
 
 
 @settings(max_examples=400, deadline=None)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.radio.dialects import Rak3172, Rylr
+import pytest
+
+from gateway.radio.dialects import DIALECTS, Rak3172, Rylr
 from gateway.records import Rejected
 from gateway.service.state import StateStore
 from gateway.uplink.lorawan import SessionKeys, UplinkDecoder, build_uplink
@@ -17,7 +19,7 @@ LPP = bytes.fromhex("03670110056700FF")  # Cayenne LPP example from DESIGN.md: 2
 
 DOCUMENTED = {
     "line_too_long", "not_text", "unrecognized_line", "bad_hex", "bad_length",
-    "frame_too_short", "unsupported_mhdr", "unknown_device", "bad_mic", "replay", "invalid_frame",
+    "frame_too_short", "frame_too_long", "unsupported_mhdr", "unknown_device", "bad_mic", "replay", "invalid_frame",
     "lpp_unknown_type", "lpp_truncated", "lpp_empty",
 }
 
@@ -58,6 +60,23 @@ def test_each_stage_rejects_with_its_reason() -> None:
         ("lorawan", "replay"),
     ]
     assert "offset 0" in out.events[0]["detail"]
+
+
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+@pytest.mark.parametrize("size", [256, 260, 511])
+def test_a_frame_over_255_bytes_of_a_known_device_is_rejected_before_the_mic(dialect: str, size: int) -> None:
+    # The DevAddr travels in clear: anyone can make such a frame without the keys.
+    data = (bytes([0x40]) + KEYS.dev_addr.to_bytes(4, "little") + bytes(size - 5)).hex().upper()
+    lines = {
+        "rylr": [f"+RCV=1,{len(data)},{data},-90,6"],
+        "rak3172": [f"+EVT:RXP2P:-90:6:{data}"],
+        "rn2483": [f"radio_rx  {data}", "6", "-90"],  # then the replies to `radio get snr` and `radio get rssi`
+    }[dialect]
+    p = Pipeline(DIALECTS[dialect](), UplinkDecoder([KEYS], StateStore(":memory:")), RejectionCounter(0.0))
+    out = p.process([line.encode() for line in lines], 0.0)
+    assert out.readings == []
+    assert [(e["stage"], e["reason"]) for e in out.events] == [("lorawan", "frame_too_long")]
+    assert p.rejections.counts["frame_too_long"] == 1
 
 
 def test_repeated_rejections_are_counted_but_reported_once_per_interval() -> None:

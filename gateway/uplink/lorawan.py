@@ -19,6 +19,7 @@ from gateway.records import RadioFrame, Rejected, Uplink
 MHDR_UNCONFIRMED_UP = 0x40
 MHDR_CONFIRMED_UP = 0x80
 _MIN_LENGTH = 12  # MHDR + DevAddr + FCtrl + FCnt + MIC
+MAX_LENGTH = 255  # a LoRa PHY payload; B0 holds the message length in one byte
 _UPLINK = 0
 # B0 and A_i: a 10-byte head (tag, 4 zero bytes, direction, DevAddr), FCnt32, 0x00, and the
 # message length (B0) or the block index (A_i).
@@ -117,6 +118,8 @@ class UplinkDecoder:
         data = frame.payload
         if len(data) < _MIN_LENGTH:
             raise Rejected("frame_too_short", f"{len(data)} bytes, a data uplink has at least {_MIN_LENGTH}")
+        if len(data) > MAX_LENGTH:
+            raise Rejected("frame_too_long", f"{len(data)} bytes, a LoRa frame has at most {MAX_LENGTH}")
         mhdr = data[0]
         if mhdr not in (MHDR_UNCONFIRMED_UP, MHDR_CONFIRMED_UP):
             raise Rejected("unsupported_mhdr", f"MHDR 0x{mhdr:02X}")

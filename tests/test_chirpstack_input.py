@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -70,6 +71,43 @@ def test_unusable_events_are_rejected_by_reason(payload: bytes, reason: str) -> 
     with pytest.raises(Rejected) as e:
         parse_uplink(payload, 0.0)
     assert e.value.reason == reason
+
+
+@pytest.mark.parametrize(("payload", "where"), [
+    (b'{"deviceInfo": {"deviceName": "a"}, "fCnt": 1e400, "data": "AQ=="}', "fCnt"),
+    (json.dumps(event("a", "seven", data="AQ==")).encode(), "fCnt"),  # type: ignore[arg-type]
+    (json.dumps(event("a", -1, data="AQ==")).encode(), "fCnt"),
+    (json.dumps(event("a", 2**32, data="AQ==")).encode(), "fCnt"),
+    (json.dumps({**event("a", 1, data="AQ=="), "deviceInfo": "0102"}).encode(), "deviceInfo"),
+    (json.dumps(event("a", 1, data="AQ==", rxInfo=[1, 2])).encode(), "rxInfo.0"),
+    (json.dumps(event("a", 1, data="AQ==", rxInfo=[{"rssi": -80, "snr": "x"}])).encode(), "rxInfo.0.snr"),
+    (json.dumps(event("a", 1, data="AQ==", rxInfo=[{"rssi": 1e400}])).encode(), "rxInfo.0.rssi"),
+    (json.dumps(event("a", 1, object=[1, 2])).encode(), "object"),
+    (json.dumps(event("a", 1, data=7)).encode(), "data"),
+])
+def test_malformed_events_are_rejected_naming_the_field(payload: bytes, where: str) -> None:
+    with pytest.raises(Rejected) as e:
+        parse_uplink(payload, 0.0)
+    assert e.value.reason == "chirpstack_invalid"
+    assert e.value.detail.startswith(f"{where}:")
+
+
+@pytest.mark.parametrize("data", ["AQ\u00e9=", "\u0661\u0662==", "AQ==\x00"])
+def test_data_that_is_not_ascii_base64_is_rejected(data: str) -> None:
+    with pytest.raises(Rejected) as e:
+        parse_uplink(json.dumps(event("a", 1, data=data)).encode(), 0.0)
+    assert e.value.reason == "chirpstack_bad_data"
+
+
+def test_object_keys_cannot_add_topic_levels_wildcards_or_template_code() -> None:
+    template = "x'] }}{{ 7*7 }}{{ value_json['rssi"
+    obj = {"a/b": 1, "t+": 2, "h#": 3, template: 4, "big": 10**400, "ok_1": 5, "a-b": 6}
+    r = parse_uplink(json.dumps(event("pump", 1, object=obj)).encode(), 0.0)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) for name in r.values)
+    assert r.values["a-b"] == 1  # 'a/b' made safe first; the later 'a-b' does not overwrite it
+    assert r.values["t-"] == 2 and r.values["h-"] == 3 and r.values["ok_1"] == 5
+    assert "big" not in r.values  # past float's range: not a reading
+    assert len(r.values) == 5
 
 
 def test_events_from_a_real_broker(broker) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.config import GatewayConfig
+from gateway.detect.alerts import AlertTransition
 from gateway.detect.detector import Detector
 from gateway.detect.model_store import active_bundle, default_model_root, packaged_default_bundle, verify_bundle
 from gateway.detect.scoring import BundleError, OnnxScorer
@@ -290,9 +291,7 @@ class Daemon:
     def _publish(self, readings: list[Reading], read_at: float) -> None:
         results = self.detector.observe(readings)
         transitions = [r.transition for r in results if r.transition is not None]
-        if transitions:
-            # The alert state that produced these alerts is on disk before they are.
-            self.detector.flush()
+        self._commit_alerts(transitions)
         history: list[HistoryEntry] = []
         for reading, result in zip(readings, results, strict=True):
             known = self._channels.get(reading.device)
@@ -311,6 +310,11 @@ class Daemon:
                 self.metrics.latency.observe(time.perf_counter() - read_at)
                 self.metrics.scores.observe(result.score)
         self.history.append(history)
+
+    def _commit_alerts(self, transitions: list[AlertTransition]) -> None:
+        """Alerts into the outbox first (synchronous=FULL), then the alert state that made them
+        (NORMAL): a kill -9 or a power cut in between can only deliver an alert twice, never lose it.
+        The other order lost a raise for good: the state said raised, the outbox had nothing."""
         for transition in transitions:
             dropped = self.publisher.publish_alert(transition.device, transition.to_payload())
             if self.metrics is not None:
@@ -320,6 +324,8 @@ class Daemon:
             if dropped:
                 self._event({"type": "alerts_dropped", "count": dropped, "time": time.time(),
                              "detail": f"outbox cap {self.publisher.outbox.cap} reached"})
+        if transitions:
+            self.detector.flush()
 
     def _reload_model(self) -> None:
         """SIGHUP: load the active bundle; a bundle that fails its checks never replaces the running one."""

@@ -9,6 +9,7 @@ import select
 import threading
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -93,13 +94,16 @@ class PtyModule:
                 return False
         return not rest
 
-    def send_frame(self, frame: bytes, rssi: int, snr: float) -> bool:
-        """The module hears `frame`; True if it emitted an event and someone had the port open."""
+    def send_frame(self, frame: bytes, rssi: int, snr: float, garble: Callable[[str], str] | None = None) -> bool:
+        """The module hears `frame`; True if it emitted an event and someone had the port open.
+        `garble` changes each event line on its way over the wire (noise on the UART)."""
         with self._lock:
             if self._closed:
                 return False
             # The module hears the packet (and an RN2483 disarms) even if nobody reads the port.
             lines = self.emulator.receive_event(frame, rssi, snr)
+            if garble is not None:
+                lines = [garble(line) for line in lines]
             return bool(lines) and self._peer_open() and self._write_lines(lines)
 
     def _serve(self) -> None:

@@ -89,6 +89,13 @@ def test_rn2483_rearms_after_radio_err_and_after_a_lost_reply() -> None:
     assert d.on_idle(12.0) == ["radio rx 0"]
 
 
+@pytest.mark.parametrize("line", ["radio_rx  ABCDE", "radio_rx", "radio_rx  ZZ", "radio_rx  AB CD"])
+def test_rn2483_rearms_after_a_malformed_radio_rx(line: str) -> None:
+    result = Rn2483().on_line(line, 0.0)
+    assert result.commands == ("radio rx 0",) and result.frames == ()
+    assert result.rejected is not None and result.rejected.reason == "bad_hex"
+
+
 @pytest.mark.parametrize("name", sorted(DIALECTS))
 def test_setup_commands_carry_the_radio_settings(name: str) -> None:
     cfg = SerialConfig(dialect=name, frequency_hz=868_300_000, spreading_factor=9, coding_rate=6)

@@ -30,6 +30,8 @@ class LineResult:
     # Tuples: most lines carry one frame or none, and an empty tuple costs no allocation.
     frames: tuple[RadioFrame, ...] = ()
     commands: tuple[str, ...] = ()
+    # A malformed event that still needs its commands written (the RN2483's re-arm).
+    rejected: Rejected | None = None
 
 
 def hex_payload(text: str) -> bytes:
@@ -184,7 +186,12 @@ class Rn2483(Dialect):
 
     def on_line(self, line: str, now: float) -> LineResult:
         if line.startswith("radio_rx"):
-            self._pending = hex_payload(line[8:].strip())
+            try:
+                self._pending = hex_payload(line[8:].strip())
+            except Rejected as r:
+                # The receiver stopped with this event, whatever it carried: re-arm it, or it stays deaf.
+                self._waiting_for = None
+                return LineResult(commands=("radio rx 0",), rejected=r)
             self._received_at = self._asked_at = now
             self._waiting_for = "snr"
             # radio_rx carries no signal figures: ask for them, then re-arm.

@@ -58,6 +58,8 @@ class Pipeline:
             self._reject(r, now, "serial", out)
             return []
         out.commands.extend(result.commands)
+        if result.rejected is not None:
+            self._reject(result.rejected, now, "serial", out)
         return result.frames
 
     def _decode(self, frame: RadioFrame, out: PipelineOutput) -> Reading | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 import types
 import typing
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.detect.settings import DetectorSettings
 
 ENV_PREFIX = "LORA_GATEWAY_"
+_KEY_LIKE = re.compile(r"[0-9A-Fa-f]{16,}")
 DEFAULT_BAUD = {"rylr": 115200, "rak3172": 115200, "rn2483": 57600}
 
 
@@ -231,21 +233,42 @@ def format_validation_error(
     secret: frozenset[str] = frozenset(),
     model: type[BaseModel] | None = None,
     variables: dict[tuple[str, ...], str] | None = None,
+    *,
+    echo: bool = True,
 ) -> str:
     """One line per problem: file, key, message and the value, unless the key is in `secret`.
 
     With `model`, an unknown key comes with the nearest known one; with `variables`, a key set
-    from the environment names its variable.
+    from the environment names its variable. With `echo` False (the devices file, where any value
+    may be a key pasted in the wrong place) only the value's shape is said, never the value.
     """
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if not echo:
+            key = mask_keys(key)
         hidden = e["type"] == "missing" or (bool(e["loc"]) and e["loc"][-1] in secret)
-        got = "" if hidden or e["type"] == "extra_forbidden" else f" (got {e['input']!r})"
+        if hidden or e["type"] == "extra_forbidden":
+            got = ""
+        elif echo:
+            got = f" (got {e['input']!r})"
+        else:
+            got = f" (got {_shape(e['input'])})"
         variable = (variables or {}).get(tuple(str(p) for p in e["loc"]))
         where = f" (from {variable})" if variable else ""
         lines.append(f"{source}: {key}{where}: {_message(e, model)}{got}")
     return "\n".join(lines)
+
+
+def mask_keys(text: str) -> str:
+    """`text` with every run of 16 or more hex digits (half an AES key and up) left out."""
+    return _KEY_LIKE.sub("<hex, not shown>", text)
+
+
+def _shape(value: object) -> str:
+    if isinstance(value, str):
+        return f"{len(value)} characters, not shown"
+    return f"a {type(value).__name__}, not shown"
 
 
 def read_toml(path: Path) -> dict[str, Any]:

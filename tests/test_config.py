@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,36 @@ def test_bad_key_named_without_echoing_it(tmp_path: Path) -> None:
         load_devices(path)
     assert "devices.pump.nwk_skey" in str(e.value)
     assert secret not in str(e.value)
+
+
+KEY = "B2489D5A0C14E8F37A6B1D290E4C7F55"
+
+
+@pytest.mark.parametrize("entry", [
+    f'dev_addr = "26011BDA"\nnwk_key = "{KEY}"\nnwk_skey = "{"1" * 32}"\napp_skey = "{"2" * 32}"\n',  # misspelled
+    f'dev_addr = "{KEY}"\nnwk_skey = "{"1" * 32}"\napp_skey = "{"2" * 32}"\n',  # pasted in the wrong field
+    f'dev_addr = "26011BDA"\nnwk_skey = "{"1" * 32}"\napp_skey = "{"2" * 32}"\nperiod_s = "{KEY}"\n',
+])
+def test_no_value_of_the_devices_file_is_echoed(tmp_path: Path, entry: str, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path / "devices.toml", f"[devices.pump]\n{entry}", 0o600)
+    config = write(tmp_path / "c.toml", "")
+    assert main(["check-config", "--config", str(config)]) == 2
+    shown = capsys.readouterr().err
+    assert "devices.toml: devices.pump." in shown and "32 characters, not shown" in shown
+    assert KEY not in shown and KEY.lower() not in shown
+    run = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", str(config)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "devices.pump." in run.stderr, run.stderr
+    assert KEY not in run.stdout + run.stderr
+
+
+def test_a_device_name_that_looks_like_a_key_is_not_echoed(tmp_path: Path) -> None:
+    path = write(tmp_path / "devices.toml",
+                 f'[devices."pump {KEY}"]\ndev_addr = "26011BDA"\nnwk_skey = "{"1" * 32}"\napp_skey = "{"2" * 32}"\n',
+                 0o600)
+    with pytest.raises(ConfigError) as e:
+        load_devices(path)
+    assert "a device name uses" in str(e.value) and KEY not in str(e.value)
 
 
 def test_duplicate_dev_addr_refused(tmp_path: Path) -> None:

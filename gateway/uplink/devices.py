@@ -10,11 +10,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gateway.config import ConfigError, format_validation_error, read_toml
+from gateway.config import ConfigError, format_validation_error, mask_keys, read_toml
 from gateway.uplink.lorawan import SessionKeys
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_SECRET_FIELDS = frozenset({"nwk_skey", "app_skey"})
 
 
 class DeviceEntry(BaseModel):
@@ -66,11 +65,13 @@ def load_devices(path: Path) -> dict[str, DeviceEntry]:
         parsed = DevicesFile.model_validate(raw)
     except ValidationError as e:
         # Never let a key's value into a message.
-        raise ConfigError(format_validation_error(str(path), e, secret=_SECRET_FIELDS, model=DevicesFile)) from None
+        raise ConfigError(format_validation_error(str(path), e, model=DevicesFile, echo=False)) from None
     seen: dict[str, str] = {}
     for name, entry in parsed.devices.items():
         if not _NAME.match(name):
-            raise ConfigError(f"{path}: devices.{name}: a device name uses letters, digits, '-' and '_' only")
+            raise ConfigError(
+                f"{path}: devices.{mask_keys(name)}: a device name uses letters, digits, '-' and '_' only"
+            )
         if entry.dev_addr in seen:
             raise ConfigError(
                 f"{path}: devices.{name}.dev_addr: {entry.dev_addr} is already used by {seen[entry.dev_addr]}"

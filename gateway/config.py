@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway import private_files
 from gateway.detect.settings import DetectorSettings
 
 ENV_PREFIX = "LORA_GATEWAY_"
@@ -287,6 +288,9 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Gat
     """Read, override from the environment, validate; relative paths are taken from the file's folder."""
     environ = dict(os.environ) if environ is None else environ
     raw = read_toml(path) if path is not None else {}
+    if path is not None and any(isinstance(raw.get(t), dict) and raw[t].get("password") for t in ("mqtt", "chirpstack")):
+        if (unsafe := private_files.problem(path, "a configuration with a password", readable_by_group=True)):
+            raise ConfigError(unsafe)
     overrides, variables = _env_overrides(environ)
     source = str(path) if path else "defaults"
     if overrides:

@@ -82,6 +82,59 @@ def test_readable_keys_file_refused(tmp_path: Path) -> None:
     assert str(path) in str(e.value) and "0640" in str(e.value) and "chmod 600" in str(e.value)
 
 
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+
+
+@AS_ROOT
+def test_keys_file_owned_by_another_user_refused(tmp_path: Path) -> None:
+    path = tmp_path / "devices.toml"
+    add_device(path, "pump")
+    os.chown(path, 12345, -1)  # still 0600, but someone else's
+    with pytest.raises(ConfigError, match=r"devices.toml: owned by uid 12345, not by this user"):
+        load_devices(path)
+
+
+@AS_ROOT
+@pytest.mark.parametrize(("mode", "owner"), [(0o777, None), (0o775, None), (0o700, 12345)])
+def test_keys_file_in_a_folder_others_may_write_or_own_refused(tmp_path: Path, mode: int, owner: int | None) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "devices.toml"
+    add_device(path, "pump")
+    folder.chmod(mode)
+    if owner is not None:
+        os.chown(folder, owner, -1)
+    with pytest.raises(ConfigError) as e:
+        load_devices(path)
+    assert f"folder {folder}" in str(e.value) and "can replace device keys" in str(e.value)
+
+
+def test_a_sticky_world_writable_folder_is_accepted(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = folder / "devices.toml"
+    add_device(path, "pump")
+    folder.chmod(0o1777)  # like /tmp: nobody but the owner may rename or remove the file
+    assert list(load_devices(path)) == ["pump"]
+
+
+@AS_ROOT
+@pytest.mark.parametrize("table", ["mqtt", "chirpstack"])
+def test_a_configuration_holding_a_password_is_checked_as_a_key_file(tmp_path: Path, table: str) -> None:
+    config = write(tmp_path / "c.toml", f'[{table}]\nusername = "gw"\npassword = "hunter2"\n', 0o644)
+    with pytest.raises(ConfigError, match=r"c.toml: permissions 0644 are too open: a configuration with a password"):
+        load_config(config, environ={})
+    config.chmod(0o640)  # group-readable is fine: the service's group reads it (systemd/install.sh)
+    assert load_config(config, environ={})
+    os.chown(config, 12345, -1)
+    with pytest.raises(ConfigError, match="owned by uid 12345"):
+        load_config(config, environ={})
+    config.chmod(0o644)
+    os.chown(config, 0, -1)
+    no_password = write(tmp_path / "plain.toml", "[mqtt]\nport = 1884\n", 0o644)
+    assert load_config(no_password, environ={}).mqtt.port == 1884
+
+
 def test_bad_key_named_without_echoing_it(tmp_path: Path) -> None:
     secret = "00112233445566778899AABBCCDDEEFG"  # 32 characters, one not hex
     path = write(

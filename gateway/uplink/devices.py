@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import stat
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.config import ConfigError, format_validation_error, mask_keys, read_toml
+from gateway import private_files
 from gateway.uplink.lorawan import SessionKeys
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -46,20 +46,11 @@ class DevicesFile(BaseModel):
     devices: dict[str, DeviceEntry] = Field(default_factory=dict)
 
 
-def check_private(path: Path) -> None:
-    """Refuse key files others can read, as ssh does."""
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"{path}: permissions {stat.S_IMODE(mode):04o} are too open: device keys must not be "
-            f"accessible by group or others (run: chmod 600 {path})"
-        )
-
-
 def load_devices(path: Path) -> dict[str, DeviceEntry]:
     if not path.exists():
         raise ConfigError(f"{path}: devices file not found (create one with: lora-gateway device add NAME)")
-    check_private(path)
+    if (unsafe := private_files.problem(path, "device keys")) is not None:
+        raise ConfigError(unsafe)
     raw = read_toml(path)
     try:
         parsed = DevicesFile.model_validate(raw)

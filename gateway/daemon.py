@@ -15,7 +15,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.detect.alerts import AlertTransition
 from gateway.detect.detector import Detector
 from gateway.detect.model_store import active_bundle, default_model_root, packaged_default_bundle, verify_bundle
@@ -286,6 +286,8 @@ class Daemon:
         if self._reload.is_set():
             self._reload.clear()
             self._reload_model()
+            if self.chirpstack is None:
+                self._reload_devices()
         return True
 
     def _publish(self, readings: list[Reading], read_at: float) -> None:
@@ -341,6 +343,20 @@ class Daemon:
         self.info["model"] = self._model_info(scorer)
         self.publisher.publish_info(self.info)
         self._event({"type": "model_reloaded", "detail": scorer.label, "time": time.time()}, logging.INFO)
+
+    def _reload_devices(self) -> None:
+        """SIGHUP: the devices file and the frame counters afresh (after `device add`, `reset-counter`,
+        `set-counter`); a devices file that does not load leaves the running set as it is."""
+        try:
+            devices = load_devices(self.cfg.devices_file)
+        except ConfigError as e:
+            self._event({"type": "devices_reload_failed", "detail": str(e), "time": time.time()})
+            return
+        self.pipeline.decoder.reload(session_keys(devices))
+        self.availability.configured = {name: entry.period_s for name, entry in devices.items()}
+        self.info["device_count"] = len(devices)
+        self.publisher.publish_info(self.info)
+        self._event({"type": "devices_reloaded", "detail": f"{len(devices)} devices", "time": time.time()})
 
     def _reconnect(self) -> None:
         # Waiting for the port is not a hang: keep the watchdog fed between tries.

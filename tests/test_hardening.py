@@ -4,6 +4,9 @@ keeps hearing the good frames that follow."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,11 +15,12 @@ from firmware_sim.modules import EMULATORS
 from firmware_sim.pty_link import PtyModule
 from gateway.uplink import lpp
 from gateway.uplink.devices import load_devices, session_keys
-from gateway.uplink.lorawan import build_uplink
+from gateway.uplink.lorawan import SessionKeys, build_uplink
 
 from .conftest import write_config
 
 PUMP = "lora-gateway/pump-house"
+COLD = "lora-gateway/cold-room"
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -46,4 +50,55 @@ def test_rn2483_rearms_after_a_malformed_radio_rx(tmp_path: Path, broker, record
         wait_until(lambda: module.emulator.armed, "the gateway to re-arm the receiver")
         module.send_frame(build_uplink(keys, 2, 1, lpp.encode([(1, "temperature", 21.0)])), -80, 7)
         recorder.wait_for(lambda m: any(t == PUMP for t, _, _ in m))
+        assert gateway.stop() == 0
+
+
+def test_set_counter_and_reset_counter_take_effect_on_reload(tmp_path: Path, broker, recorder_factory, gateways,
+                                                             devices_file: Path) -> None:
+    by_name = {k.name: k for k in session_keys(load_devices(devices_file))}
+    pump, cold = by_name["pump-house"], by_name["cold-room"]
+    recorder = recorder_factory(broker.port, ["lora-gateway/#"])
+
+    def frame(fcnt: int, keys: SessionKeys = pump) -> bytes:
+        return build_uplink(keys, fcnt, 1, lpp.encode([(1, "temperature", 20.0)]))
+
+    def heard(fcnt: int, topic: str = PUMP) -> Callable[[list], bool]:
+        return lambda m: any(t == topic and json.loads(p)["fcnt"] == fcnt for t, p, _ in m)
+
+    def reloaded(count: int) -> Callable[[list], bool]:
+        return lambda m: sum(e["type"] == "devices_reloaded" for e in events(m)) >= count
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "gateway", "device", *args, "--config", str(config)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    with PtyModule(EMULATORS["rylr"]()) as module:
+        config = write_config(tmp_path / "config.toml", port=module.port, dialect="rylr", mqtt_port=broker.port,
+                              devices_file=devices_file, state_path=tmp_path / "state.db")
+        gateway = gateways(config).start().wait_ready()
+        # A node installed late: its counter is past 65535, and only the low 16 bits travel.
+        module.send_frame(frame(70_000), -80, 7)
+        (rejected,) = [e for e in events(recorder.wait_for(
+            lambda m: any(e.get("reason") == "bad_mic" for e in events(m)))) if e.get("reason") == "bad_mic"]
+        assert "lora-gateway device set-counter pump-house N" in rejected["detail"]
+
+        assert "from counter 70000 on" in cli("set-counter", "pump-house", "70000")
+        assert gateway.proc is not None
+        gateway.proc.send_signal(signal.SIGHUP)
+        recorder.wait_for(reloaded(1))
+        module.send_frame(frame(70_000), -80, 7)
+        recorder.wait_for(heard(70_000))
+
+        # Another node really reset: counter 1 again is a replay until the operator says so.
+        module.send_frame(frame(500, cold), -80, 7)
+        recorder.wait_for(heard(500, COLD))
+        module.send_frame(frame(1, cold), -80, 7)
+        recorder.wait_for(lambda m: any(e.get("reason") == "replay" for e in events(m)))
+        assert "forgotten" in cli("reset-counter", "cold-room")
+        gateway.proc.send_signal(signal.SIGHUP)
+        recorder.wait_for(reloaded(2))
+        module.send_frame(frame(1, cold), -80, 7)
+        recorder.wait_for(heard(1, COLD))
         assert gateway.stop() == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.commands.common import CONFIG_HELP, load
-from gateway.config import ConfigError
+from gateway.config import ConfigError, GatewayConfig
 from gateway.uplink.devices import add_device, firmware_snippet, load_devices
 
 
@@ -34,21 +34,46 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+_RELOAD = "reload the gateway (systemctl reload lora-gateway, or SIGHUP) or restart it for it to take effect."
+
+
+def _dev_addr(cfg: GatewayConfig, name: str) -> int:
+    devices = load_devices(cfg.devices_file)
+    if name not in devices:
+        raise ConfigError(f"{cfg.devices_file}: no device named {name!r}")
+    return int(devices[name].dev_addr, 16)
+
+
 def cmd_reset_counter(args: argparse.Namespace) -> int:
     from gateway.service.state import StateStore
 
     cfg = load(args.config)
-    devices = load_devices(cfg.devices_file)
-    if args.name not in devices:
-        raise ConfigError(f"{cfg.devices_file}: no device named {args.name!r}")
+    dev_addr = _dev_addr(cfg, args.name)
     store = StateStore(cfg.state_path)
-    forgotten = store.reset_frame_counter(int(devices[args.name].dev_addr, 16))
+    forgotten = store.reset_frame_counter(dev_addr)
     store.close()
-    print(
-        f"{args.name}: frame counter {'forgotten' if forgotten else 'was not set'}; "
-        "restart or reload the daemon so it accepts the device's next frame as a fresh start."
-    )
+    print(f"{args.name}: frame counter {'forgotten' if forgotten else 'was not set'}; the next frame is a fresh "
+          f"start once you {_RELOAD}")
     return 0
+
+
+def cmd_set_counter(args: argparse.Namespace) -> int:
+    from gateway.service.state import StateStore
+
+    cfg = load(args.config)
+    dev_addr = _dev_addr(cfg, args.name)
+    store = StateStore(cfg.state_path)
+    store.set_frame_counter(dev_addr, args.counter)
+    store.close()
+    print(f"{args.name}: frames from counter {args.counter} on are accepted once you {_RELOAD}")
+    return 0
+
+
+def _counter(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{value} is not a 32-bit frame counter (0 to 4294967295)")
+    return value
 
 
 def register(subparsers: Any) -> None:
@@ -59,12 +84,17 @@ def register(subparsers: Any) -> None:
         ("add", cmd_add, "create a device with fresh random DevAddr, NwkSKey and AppSKey (printed once)"),
         ("list", cmd_list, "list devices (names and DevAddr, never keys)"),
         ("reset-counter", cmd_reset_counter, "let a device that really reset back in (forget its frame counter)"),
+        ("set-counter", cmd_set_counter, "accept a device's frames from counter N on (a device first heard past "
+         "65535, or after the state database was lost, is otherwise rejected as bad_mic)"),
     ):
         p = device.add_parser(name, help=text, description=text)
         if name != "list":
             p.add_argument("name", help="device name")
         p.add_argument("--config", "-c", help=CONFIG_HELP)
-        if name != "reset-counter":
+        if name == "set-counter":
+            p.add_argument("counter", metavar="N", type=_counter,
+                           help="the frame counter of the device's next frame (as its log or display shows it)")
+        if name not in ("reset-counter", "set-counter"):
             p.add_argument("--devices", help="devices file (default: devices_file of the configuration)")
         if name == "add":
             p.add_argument("--period", type=float, help="expected reporting period in seconds")

@@ -87,6 +87,13 @@ class StateStore:
             counters.items(),
         )
 
+    def set_frame_counter(self, dev_addr: int, next_fcnt: int) -> None:
+        """Accept the device's frames from counter `next_fcnt` on (operator command)."""
+        if next_fcnt == 0:
+            self.reset_frame_counter(dev_addr)
+        else:
+            self.set_frame_counters({dev_addr: next_fcnt - 1})
+
     def reset_frame_counter(self, dev_addr: int) -> bool:
         """Forget a device's counter (operator command after a real device reset)."""
         with self._lock:

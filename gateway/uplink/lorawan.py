@@ -114,6 +114,12 @@ class UplinkDecoder:
         self._last = counters.frame_counters()
         self._unsaved: dict[int, int] = {}
 
+    def reload(self, devices: list[SessionKeys]) -> None:
+        """New keys, and the counters as the store has them now (an operator's reset or set)."""
+        self.save_counters()
+        self._by_addr = {d.dev_addr: _DeviceCrypto(d) for d in devices}
+        self._last = self._counters.frame_counters()
+
     def decode(self, frame: RadioFrame) -> Uplink:
         data = frame.payload
         if len(data) < _MIN_LENGTH:
@@ -158,7 +164,13 @@ class UplinkDecoder:
         last = self._last.get(crypto.keys.dev_addr)
         if last is None:
             if crypto.mic(msg, fcnt16) != mic:
-                raise Rejected("bad_mic", f"DevAddr {crypto.keys.dev_addr:08X}")
+                # Only the low 16 bits travel: a first frame past 65535 cannot be told from a forgery.
+                raise Rejected(
+                    "bad_mic",
+                    f"DevAddr {crypto.keys.dev_addr:08X} ({crypto.keys.name}), heard for the first time: if its "
+                    f"counter is past 65535 (a late install, a lost state database), run: lora-gateway device "
+                    f"set-counter {crypto.keys.name} N, N being the counter it shows, then reload the gateway",
+                )
             return fcnt16
         same_epoch = (last & 0xFFFF0000) | fcnt16
         if same_epoch > last:

@@ -137,6 +137,10 @@ class GatewayConfig(_Section):
         None, description="Installed model bundles; default $LORA_GATEWAY_MODELS or /var/lib/lora-gateway/models. "
         "Without an active bundle the packaged default model runs."
     )
+    max_channels_per_device: int = Field(
+        64, ge=1, le=4096, description="Channels one device may have; new ones past it are left out and counted "
+        "(`too_many_channels`)."
+    )
     serial: SerialConfig = SerialConfig()
     mqtt: MqttConfig = MqttConfig()
     log: LogConfig = LogConfig()

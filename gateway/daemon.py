@@ -32,6 +32,7 @@ from gateway.service.health import BrokerHealth, DeviceTable, HealthReporter, He
 from gateway.service.history import History, HistoryEntry
 from gateway.service.sd_notify import Notifier
 from gateway.service.state import StateStore
+from gateway.uplink.channel_limit import ChannelLimit
 from gateway.uplink.chirpstack import ChirpStackInput
 from gateway.uplink.devices import load_devices, session_keys
 from gateway.uplink.lorawan import UplinkDecoder
@@ -84,6 +85,7 @@ class Daemon:
         }
         self.discovery = Discovery(cfg.gateway_id, cfg.mqtt.base_topic, cfg.mqtt.discovery_prefix, __version__)
         self._channels: dict[str, frozenset[str]] = {}  # device -> channels announced to Home Assistant
+        self.channel_limit = ChannelLimit(cfg.max_channels_per_device)
         self.publisher = MqttPublisher(
             cfg.mqtt, cfg.gateway_id, self.info, Outbox(cfg.state_path, cfg.mqtt.outbox_cap), cfg.mqtt.telemetry_queue,
             announcements=self._discovery_configs,
@@ -291,16 +293,20 @@ class Daemon:
         return True
 
     def _publish(self, readings: list[Reading], read_at: float) -> None:
+        readings = self._within_channel_limit(readings)
         results = self.detector.observe(readings)
         transitions = [r.transition for r in results if r.transition is not None]
         self._commit_alerts(transitions)
         history: list[HistoryEntry] = []
         for reading, result in zip(readings, results, strict=True):
             known = self._channels.get(reading.device)
-            if known is None or not known.issuperset(reading.values):
-                # First sight, or a channel Home Assistant has not been told about yet.
-                self._channels[reading.device] = channels = (known or frozenset()) | frozenset(reading.values)
-                self.publisher.publish_discovery(self.discovery.device(reading.device, channels))
+            if known is None:
+                self._channels[reading.device] = frozenset(reading.values)
+                self.publisher.publish_discovery(self.discovery.device(reading.device, reading.values))
+            elif not known.issuperset(reading.values):  # announce only the channels Home Assistant lacks
+                new = frozenset(reading.values) - known
+                self._channels[reading.device] = known | new
+                self.publisher.publish_discovery(self.discovery.channels(reading.device, new))
             if self.availability.seen(reading.device, reading.time):
                 self.publisher.publish_availability(reading.device, True)
             warming = {name: int(100 * done) for name, done in self.detector.warming_up(reading.device).items()}
@@ -312,6 +318,18 @@ class Daemon:
                 self.metrics.latency.observe(time.perf_counter() - read_at)
                 self.metrics.scores.observe(result.score)
         self.history.append(history)
+
+    def _within_channel_limit(self, readings: list[Reading]) -> list[Reading]:
+        kept = []
+        for reading in readings:
+            limited, rejection = self.channel_limit.apply(reading)
+            if rejection is not None:
+                event = self.pipeline.rejections.record(rejection, reading.time, "channels")
+                if event is not None:
+                    self.publisher.publish_event(event)
+            if limited is not None:
+                kept.append(limited)
+        return kept
 
     def _commit_alerts(self, transitions: list[AlertTransition]) -> None:
         """Alerts into the outbox first (synchronous=FULL), then the alert state that made them

@@ -102,3 +102,33 @@ def test_set_counter_and_reset_counter_take_effect_on_reload(tmp_path: Path, bro
         module.send_frame(frame(1, cold), -80, 7)
         recorder.wait_for(heard(1, COLD))
         assert gateway.stop() == 0
+
+
+def test_a_node_flooding_new_channels_is_capped_and_discovery_goes_once_per_channel(
+    tmp_path: Path, broker, recorder_factory, gateways, devices_file: Path
+) -> None:
+    keys = {k.name: k for k in session_keys(load_devices(devices_file))}["pump-house"]
+    recorder = recorder_factory(broker.port, ["lora-gateway/#", "homeassistant/#"])
+    with PtyModule(EMULATORS["rak3172"]()) as module:
+        config = write_config(tmp_path / "config.toml", port=module.port, dialect="rak3172", mqtt_port=broker.port,
+                              devices_file=devices_file, state_path=tmp_path / "state.db",
+                              extra="max_channels_per_device = 12")
+        gateway = gateways(config).start().wait_ready()
+        # Frame 1: channels 0-9; then 50 new channels a frame, while channels 0-9 keep reporting.
+        module.send_frame(build_uplink(keys, 1, 1, lpp.encode([(c, "analog_input", 1.0) for c in range(10)])), -80, 7)
+        for i in range(1, 5):
+            readings = [(c, "analog_input", 2.0) for c in range(5)] + [(c, "analog_input", 3.0)
+                                                                       for c in range(50 * i, 50 * i + 45)]
+            module.send_frame(build_uplink(keys, 1 + i, 1, lpp.encode(readings)), -80, 7)
+        done = recorder.wait_for(lambda m: any(t == PUMP and json.loads(p)["fcnt"] == 5 for t, p, _ in m))
+        assert gateway.stop() == 0
+
+    states = {json.loads(p)["fcnt"]: json.loads(p)["values"] for t, p, _ in done if t == PUMP}
+    assert len(states[1]) == 10
+    assert set(states[2]) == {f"analog_input_{c}" for c in [*range(5), 50, 51]}  # two more fit under the cap
+    assert set(states[5]) == {f"analog_input_{c}" for c in range(5)}  # known channels still report
+    capped = [e for e in events(recorder.messages) if e.get("reason") == "too_many_channels"]
+    assert capped and "max_channels_per_device = 12" in capped[0]["detail"]
+    sensors = [t for t, p, _ in recorder.messages
+               if t.startswith("homeassistant/sensor/test_pump-house/analog_input_") and p]
+    assert len(sensors) == len(set(sensors)) == 12  # each channel announced once, none past the cap

@@ -13,7 +13,7 @@ so each node's `via_device` points at a device Home Assistant knows.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,6 +142,38 @@ class Discovery:
 
     def device(self, device: str, channels: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
         """A sensor per channel, RSSI, SNR, anomaly score and the alert `problem` binary sensor."""
+        add = self._adder(device)
+        out = self.channels(device, channels)
+        add(out, "sensor", "rssi", "RSSI", value_template="{{ value_json['rssi'] }}", device_class="signal_strength",
+            unit_of_measurement="dBm", state_class="measurement", entity_category="diagnostic")
+        add(out, "sensor", "snr", "SNR", value_template="{{ value_json['snr'] }}", unit_of_measurement="dB",
+            state_class="measurement", entity_category="diagnostic", icon="mdi:signal-variant")
+        add(out, "sensor", "anomaly_score", "Anomaly score", value_template="{{ value_json['anomaly_score'] }}",
+            state_class="measurement", suggested_display_precision=3, icon="mdi:chart-bell-curve")
+        # The least advanced channel's warm-up, 100 once every channel may raise alerts.
+        add(out, "sensor", "warm_up", "Warm-up", unit_of_measurement="%", state_class="measurement",
+            entity_category="diagnostic", icon="mdi:progress-clock",
+            value_template="{{ ((value_json.get('warming_up', {}).values() | list) + [100]) | min }}")
+        add(out, "binary_sensor", "alert", "Alert", device_class="problem",
+            value_template="{{ 'ON' if value_json['alert_state'] == 'raised' else 'OFF' }}",
+            payload_on="ON", payload_off="OFF")
+        return out
+
+    def channels(self, device: str, channels: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
+        """The sensors of these channels only: for channels a known device adds later."""
+        add = self._adder(device)
+        out: list[tuple[str, dict[str, Any]]] = []
+        for channel in sorted(set(channels)):
+            kind = channel_kind(channel)
+            add(
+                out, "sensor", channel, channel_label(channel),
+                value_template=f"{{{{ value_json['values']['{channel}'] | default('') }}}}",
+                device_class=kind.device_class, unit_of_measurement=kind.unit,
+                state_class=kind.state_class, icon=kind.icon,
+            )
+        return out
+
+    def _adder(self, device: str) -> Callable[..., None]:
         state_topic = f"{self.base_topic}/{device}"
         common: dict[str, Any] = {
             "state_topic": state_topic,
@@ -157,34 +189,13 @@ class Discovery:
             },
             "origin": self._origin(),
         }
-        out: list[tuple[str, dict[str, Any]]] = []
 
-        def add(component: str, object_id: str, name: str, **options: Any) -> None:
+        def add(out: list[tuple[str, dict[str, Any]]], component: str, object_id: str, name: str,
+                **options: Any) -> None:
             payload = {"name": name, "unique_id": f"{self.node_id(device)}_{object_id}", **options, **common}
             out.append((self.topic(component, device, object_id), {k: v for k, v in payload.items() if v is not None}))
 
-        for channel in sorted(set(channels)):
-            kind = channel_kind(channel)
-            add(
-                "sensor", channel, channel_label(channel),
-                value_template=f"{{{{ value_json['values']['{channel}'] | default('') }}}}",
-                device_class=kind.device_class, unit_of_measurement=kind.unit,
-                state_class=kind.state_class, icon=kind.icon,
-            )
-        add("sensor", "rssi", "RSSI", value_template="{{ value_json['rssi'] }}", device_class="signal_strength",
-            unit_of_measurement="dBm", state_class="measurement", entity_category="diagnostic")
-        add("sensor", "snr", "SNR", value_template="{{ value_json['snr'] }}", unit_of_measurement="dB",
-            state_class="measurement", entity_category="diagnostic", icon="mdi:signal-variant")
-        add("sensor", "anomaly_score", "Anomaly score", value_template="{{ value_json['anomaly_score'] }}",
-            state_class="measurement", suggested_display_precision=3, icon="mdi:chart-bell-curve")
-        # The least advanced channel's warm-up, 100 once every channel may raise alerts.
-        add("sensor", "warm_up", "Warm-up", unit_of_measurement="%", state_class="measurement",
-            entity_category="diagnostic", icon="mdi:progress-clock",
-            value_template="{{ ((value_json.get('warming_up', {}).values() | list) + [100]) | min }}")
-        add("binary_sensor", "alert", "Alert", device_class="problem",
-            value_template="{{ 'ON' if value_json['alert_state'] == 'raised' else 'OFF' }}",
-            payload_on="ON", payload_off="OFF")
-        return out
+        return add
 
     def device_topics(self, device: str, channels: Iterable[str]) -> list[str]:
         """Every discovery topic of a device: publish an empty retained payload to each to remove it."""

@@ -1,0 +1,38 @@
+"""At most so many channels per device: one authenticated node must not flood the gateway.
+
+Each channel costs detector state (about 12 KB), a Home Assistant entity and its discovery
+message, so a node that sends new channel names frame after frame would grow the process and
+crowd out every other device's telemetry. Past the cap, a reading keeps the channels its
+device already has and loses the new ones, counted as `too_many_channels`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gateway.records import Reading, Rejected
+
+
+class ChannelLimit:
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._known: dict[str, set[str]] = {}
+
+    def apply(self, reading: Reading) -> tuple[Reading | None, Rejected | None]:
+        """The reading as far as the cap allows (None if nothing of it is left), and the rejection if it was cut."""
+        known = self._known.setdefault(reading.device, set())
+        new = [name for name in reading.values if name not in known]
+        if not new:
+            return reading, None
+        admitted = new[: max(self.cap - len(known), 0)]
+        known.update(admitted)
+        if len(admitted) == len(new):
+            return reading, None
+        left_out = len(new) - len(admitted)
+        rejection = Rejected(
+            "too_many_channels",
+            f"{reading.device}: {left_out} new channel(s) left out, the device has the most allowed "
+            f"(max_channels_per_device = {self.cap})",
+        )
+        values = {name: v for name, v in reading.values.items() if name in known}
+        return (replace(reading, values=values) if values else None), rejection

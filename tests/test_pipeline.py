@@ -20,7 +20,7 @@ LPP = bytes.fromhex("03670110056700FF")  # Cayenne LPP example from DESIGN.md: 2
 DOCUMENTED = {
     "line_too_long", "not_text", "unrecognized_line", "bad_hex", "bad_length",
     "frame_too_short", "frame_too_long", "unsupported_mhdr", "unknown_device", "bad_mic", "replay", "invalid_frame",
-    "lpp_unknown_type", "lpp_truncated", "lpp_empty",
+    "lpp_unknown_type", "lpp_truncated", "lpp_empty", "mac_empty", "mac_unknown_command", "mac_truncated",
 }
 
 
@@ -77,6 +77,25 @@ def test_a_frame_over_255_bytes_of_a_known_device_is_rejected_before_the_mic(dia
     assert out.readings == []
     assert [(e["stage"], e["reason"]) for e in out.events] == [("lorawan", "frame_too_long")]
     assert p.rejections.counts["frame_too_long"] == 1
+
+
+def test_fport_0_carries_mac_commands_not_telemetry() -> None:
+    p = pipeline()
+    # DevStatusAns (battery 2 of 254, margin 2 dB) then LinkCheckReq; read as LPP it was analog_input_6.
+    out = p.process([rcv(build_uplink(KEYS, 1, 0, bytes.fromhex("06020202")))], 5.0)
+    assert out.readings == []
+    (event,) = out.events
+    assert (event["type"], event["device"], event["fcnt"]) == ("mac_commands", "pump", 1)
+    assert event["commands"] == [
+        {"command": "DevStatusAns", "battery": 2, "external_power": False, "margin_db": 2},
+        {"command": "LinkCheckReq"},
+    ]
+    out = p.process([rcv(build_uplink(KEYS, 2, 0, bytes.fromhex("06FF3F")))], 6.0)
+    assert out.events[0]["commands"] == [{"command": "DevStatusAns", "battery": None, "external_power": False,
+                                          "margin_db": -1}]
+    assert p.mac_commands == {"DevStatusAns": 2, "LinkCheckReq": 1}
+    out = p.process([rcv(build_uplink(KEYS, 3, 0, bytes.fromhex("0206"))), rcv(build_uplink(KEYS, 4, 0, b"\x80"))], 7.0)
+    assert [(e["stage"], e["reason"]) for e in out.events] == [("mac", "mac_truncated"), ("mac", "mac_unknown_command")]
 
 
 def test_repeated_rejections_are_counted_but_reported_once_per_interval() -> None:

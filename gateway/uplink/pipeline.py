@@ -1,16 +1,17 @@
-"""Lines from the module to decoded readings: dialect -> LoRaWAN -> Cayenne LPP.
+"""Lines from the module to decoded readings: dialect -> LoRaWAN -> Cayenne LPP (FPort 0: MAC commands).
 
 Every rejection is counted by reason; the ones due for a report come back as events.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.radio.dialects import Dialect
-from gateway.records import RadioFrame, Reading, Rejected
-from gateway.uplink import lpp
+from gateway.records import RadioFrame, Reading, Rejected, Uplink
+from gateway.uplink import lpp, mac
 from gateway.uplink.lorawan import UplinkDecoder
 from gateway.uplink.rejections import RejectionCounter
 
@@ -28,6 +29,7 @@ class Pipeline:
         self.decoder = decoder
         self.rejections = rejections
         self.frames_accepted = 0
+        self.mac_commands: Counter[str] = Counter()
 
     def process(self, lines: list[bytes | Rejected], now: float) -> PipelineOutput:
         out = PipelineOutput()
@@ -66,6 +68,10 @@ class Pipeline:
         stage = "lorawan"
         try:
             uplink = self.decoder.decode(frame)
+            if uplink.fport == 0:
+                stage = "mac"
+                self._mac_commands(uplink, out)
+                return None
             stage = "lpp"
             values = lpp.decode(uplink.payload)
         except Rejected as r:
@@ -80,3 +86,11 @@ class Pipeline:
             snr=frame.snr,
             time=frame.received_at,
         )
+
+    def _mac_commands(self, uplink: Uplink, out: PipelineOutput) -> None:
+        """FPort 0 carries MAC commands, not readings: decoded, counted by command, reported."""
+        commands = mac.decode(uplink.payload)
+        self.frames_accepted += 1
+        self.mac_commands.update(c["command"] for c in commands)
+        out.events.append({"type": "mac_commands", "device": uplink.device, "fcnt": uplink.fcnt,
+                           "commands": commands, "time": uplink.radio.received_at})

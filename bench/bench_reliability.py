@@ -1,7 +1,7 @@
 """Reliability under load: alerts lost across a broker outage and a kill -9, reconnect times,
 outbox throughput.
 
-    python -m bench.bench_reliability [--rate 1000] [--outage 30] [--json out.json]
+    python -m bench.bench_reliability [--rate 1000] [--outage 30] [--rounds 3] [--json out.json]
 
 A real `lora-gateway run` reads an emulated module on a pty at `--rate` frames/s from 10 devices
 whose values jump by many standard deviations for a few seconds every ~10 s, so alerts are raised
@@ -52,21 +52,30 @@ class Dashboard:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-dashboard", clean_session=False)
         self.client.reconnect_delay_set(1, 1)
         self.online_at: list[float] = []
+        self.telemetry: list[tuple[float, float]] = []  # (received, the reading's time), wall clock
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(
-            [("rel/+/alert", 1), ("rel/bridge/event", 1), ("rel/bridge/state", 1)])
+            [("rel/+/alert", 1), ("rel/bridge/event", 1), ("rel/bridge/state", 1), ("rel/+", 0)])
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         body = json.loads(msg.payload)
-        if msg.topic.endswith("/state"):
+        if msg.topic.count("/") == 1 and msg.topic != "rel/bridge":
+            if not msg.retain:
+                self.telemetry.append((time.time(), body["time"]))
+        elif msg.topic.endswith("/state"):
             if body["state"] == "online":
                 self.online_at.append(time.monotonic())
         elif msg.topic.endswith("/alert"):
             self.alerts.add((body["id"], body["state"]))
         else:
             self.events.append({**body, "_at": time.monotonic()})
+
+    def fresh_after(self, end: float, timeout: float = 60) -> float | None:
+        """Seconds from `end` (wall clock) to the first telemetry of a reading made after it."""
+        wait(lambda: any(t >= end for _, t in list(self.telemetry)), timeout)
+        return min((got - end for got, t in list(self.telemetry) if t >= end), default=None)
 
     def stop(self) -> None:
         self.client.loop_stop()
@@ -124,7 +133,7 @@ def wait(predicate: Any, timeout: float) -> bool:
     return False
 
 
-def scenario(workdir: Path, rate: float, outage_s: float) -> dict[str, Any]:
+def scenario(workdir: Path, rate: float, outage_s: float, rounds: int) -> dict[str, Any]:
     # Persistent, so the dashboard's session and its waiting alerts survive the broker restart.
     broker = Broker(workdir, persistent=True)
     devices = make_devices(workdir, 10)
@@ -141,35 +150,42 @@ def scenario(workdir: Path, rate: float, outage_s: float) -> dict[str, Any]:
     gateway = start_gateway(config, log)
     time.sleep(3)
     load = Load(module, devices, rate)
-    results: dict[str, Any] = {"rate": rate}
+    results: dict[str, Any] = {"rate": rate, **{k: [] for k in (
+        "broker_back_to_online_s", "broker_back_to_fresh_telemetry_s", "port_back_to_serial_back_s",
+        "port_back_to_fresh_telemetry_s")}}
     try:
         time.sleep(15)
-        # 1. Broker outage.
-        broker.stop()
-        time.sleep(outage_s)
-        back = time.monotonic()
-        broker.start()
-        # The gateway says online again once it has reconnected (paho retries every 1..30 s).
-        wait(lambda: any(t > back for t in dashboard.online_at), 60)
-        results["broker_back_to_online_s"] = next(t for t in dashboard.online_at if t > back) - back
-        time.sleep(10)
+        # 1. Broker outages.
+        for _ in range(rounds):
+            broker.stop()
+            time.sleep(outage_s)
+            back, back_wall = time.monotonic(), time.time()
+            broker.start()
+            wait(lambda: any(t > back for t in dashboard.online_at), 60)
+            results["broker_back_to_online_s"].append(next(t for t in dashboard.online_at if t > back) - back)
+            results["broker_back_to_fresh_telemetry_s"].append(dashboard.fresh_after(back_wall))
+            time.sleep(5)
         # 2. kill -9 under load, then a restart.
         gateway.send_signal(signal.SIGKILL)
         gateway.wait()
-        killed = time.monotonic()
+        killed, killed_wall = time.monotonic(), time.time()
         gateway = start_gateway(config, log)
         wait(lambda: any(t > killed for t in dashboard.online_at), 60)
         results["kill_to_online_again_s"] = next(t for t in dashboard.online_at if t > killed) - killed
+        results["kill_to_fresh_telemetry_s"] = dashboard.fresh_after(killed_wall)
         time.sleep(10)
         # 3. The module unplugged for 5 s and plugged back.
-        module[0].close()
-        time.sleep(5)
-        replug = time.monotonic()
-        module[0] = PtyModule(EMULATORS["rylr"](), link=link)
-        wait(lambda: any(e["type"] == "serial_back" and e["_at"] > replug for e in dashboard.events), 60)
-        results["port_back_to_serial_back_s"] = next(
-            (e["_at"] - replug for e in dashboard.events if e["type"] == "serial_back" and e["_at"] > replug), None)
-        time.sleep(5)
+        for _ in range(rounds):
+            module[0].close()
+            time.sleep(5)
+            replug, replug_wall = time.monotonic(), time.time()
+            module[0] = PtyModule(EMULATORS["rylr"](), link=link)
+            wait(lambda: any(e["type"] == "serial_back" and e["_at"] > replug for e in dashboard.events), 60)
+            results["port_back_to_serial_back_s"].append(next(
+                (e["_at"] - replug for e in dashboard.events if e["type"] == "serial_back" and e["_at"] > replug),
+                None))
+            results["port_back_to_fresh_telemetry_s"].append(dashboard.fresh_after(replug_wall))
+            time.sleep(5)
     finally:
         load.stop()
         time.sleep(3)
@@ -198,21 +214,33 @@ def outbox_throughput(workdir: Path, n: int) -> dict[str, float]:
     return {"commits_per_s": n / added, "removes_per_s": n / removed}
 
 
+def _span(values: list[float | None]) -> str:
+    got = [v for v in values if v is not None]
+    missing = f" ({len(values) - len(got)} never)" if len(got) < len(values) else ""
+    if not got:
+        return "-" + missing
+    return (f"{min(got):.2f}" if len(got) == 1 else f"{min(got):.2f}-{max(got):.2f}") + missing
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=1000.0)
     p.add_argument("--outage", type=float, default=30.0, help="seconds the broker is away")
+    p.add_argument("--rounds", type=int, default=3, help="broker outages and unplugs, each")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-reliability-"))
-    r = scenario(workdir, args.rate, args.outage)
+    r = scenario(workdir, args.rate, args.outage, args.rounds)
     ob = outbox_throughput(workdir, 2000)
     table(f"Under {args.rate:.0f} frames/s through the pty ({r['frames_sent']} frames sent)",
-          ["alerts committed", "received", "lost", "broker back -> gateway online s",
-           "kill -9 + restart -> online s", "port back -> serial_back s"],
-          [[str(r["alerts_committed"]), str(r["alerts_received"]), str(r["alerts_lost"]),
-            f"{r['broker_back_to_online_s']:.2f}", f"{r['kill_to_online_again_s']:.2f}",
-            f"{r['port_back_to_serial_back_s']:.2f}" if r["port_back_to_serial_back_s"] is not None else "-"]])
+          ["alerts committed", "received", "lost"],
+          [[str(r["alerts_committed"]), str(r["alerts_received"]), str(r["alerts_lost"])]])
+    table(f"Recovery, seconds from the fault's end ({args.rounds} rounds: min-max)",
+          ["fault", "to bridge online / serial_back", "to first fresh telemetry"],
+          [["broker stopped, then back", _span(r["broker_back_to_online_s"]), _span(r["broker_back_to_fresh_telemetry_s"])],
+           ["module unplugged, then back", _span(r["port_back_to_serial_back_s"]),
+            _span(r["port_back_to_fresh_telemetry_s"])],
+           ["kill -9, then restart", _span([r["kill_to_online_again_s"]]), _span([r["kill_to_fresh_telemetry_s"]])]])
     table("Outbox (SQLite WAL, synchronous=FULL), one alert per transaction", ["commits/s", "acknowledged removes/s"],
           [[f"{ob['commits_per_s']:,.0f}", f"{ob['removes_per_s']:,.0f}"]])
     if args.json:

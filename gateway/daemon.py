@@ -56,7 +56,7 @@ _HOUSEKEEPING_S = 0.5
 # The detector's state a minute at a time, besides with every alert: each dirty channel's whole
 # record, several KB, is the SD card's largest write after the frame counters.
 _STATE_FLUSH_S = 60.0
-_RECONNECT_MAX_S = 30.0
+_RECONNECT_MAX_S = 1.0  # a replugged module is heard again within about a second
 
 
 class Daemon:
@@ -208,7 +208,8 @@ class Daemon:
             started_at=self._started_at,
             written_at=time.time(),
             module=self._module_health(),
-            broker=BrokerHealth(self.cfg.mqtt.host, self.cfg.mqtt.port, self.publisher.connected.is_set()),
+            broker=BrokerHealth(self.cfg.mqtt.host, self.cfg.mqtt.port, self.publisher.connected.is_set(),
+                                self.publisher.failures.cause),
             model=self.detector.model_label,
             devices=self.devices_seen.rows(),
             rejected=dict(self.pipeline.rejections.counts),

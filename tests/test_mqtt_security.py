@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def _tls_config(tmp_path: Path, sim: Simulation, devices_file: Path, tls_port: i
         f'[mqtt.tls]\nca_file = "{files["ca"]}"\ncert_file = "{files["client"]}"\nkey_file = "{files["client_key"]}"\n',
     )
     config.write_text(text)
+    config.chmod(0o600)  # it holds a password
     return config
 
 
@@ -98,11 +100,49 @@ def test_wrong_password_is_refused_and_reported(tmp_path: Path, secure_broker, r
     recorder = recorder_factory(broker.port, ["lora-gateway/#"])
     with Simulation("rylr", devices_file, period_s=0.2, seed=13) as sim:
         gateway = gateways(_tls_config(tmp_path, sim, devices_file, tls_port, files, "not-the-password")).start()
-        deadline = time.monotonic() + 120
-        while "refused the connection" not in gateway.output() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        refused = f"ERROR gateway.publish.mqtt: broker 127.0.0.1:{tls_port} unreachable: refused by the broker: Not authorized"
+        gateway.wait_for_output(lambda text: refused in text, "the refusal")
+        wait_for_status(tmp_path / "config.toml", "DISCONNECTED: refused by the broker: Not authorized")
         assert gateway.proc.poll() is None  # the daemon keeps running, and retrying
         assert gateway.stop() == 0
     out = gateway.output()
-    assert "refused the connection" in out and "not-the-password" not in out
+    assert out.count("unreachable") == 1, out  # said once for as long as the cause stays the same
+    assert "not-the-password" not in out
     assert recorder.messages == []  # nothing reached the broker
+
+
+def wait_for_status(config: Path, text: str) -> str:
+    """`lora-gateway status` until it shows `text` (the deadline only bounds a hang)."""
+    deadline = time.monotonic() + 120
+    while True:
+        shown = subprocess.run([sys.executable, "-m", "gateway", "status", "--config", str(config)],
+                               capture_output=True, text=True, timeout=120).stdout
+        if text in shown:
+            return shown
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize(("host", "ca", "cause"), [
+    ("localhost", "ca", "TLS: the broker's certificate was refused: Hostname mismatch"),
+    ("127.0.0.1", "other_ca", "TLS: the broker's certificate was refused: "),  # then OpenSSL's words
+    ("127.0.0.1", None, "TLS: the broker's certificate was refused: "),
+])
+def test_tls_failures_are_logged_once_naming_host_port_and_cause(
+    tmp_path: Path, secure_broker, gateways, devices_file, host: str, ca: str | None, cause: str
+) -> None:
+    broker, tls_port, files = secure_broker
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    files["other_ca"] = _write(tmp_path / "other_ca.pem", _cert("another CA", other_key, ca=True))
+    with Simulation("rylr", devices_file, period_s=0.2, seed=14) as sim:
+        config = _tls_config(tmp_path, sim, devices_file, tls_port, files, "s3cret")
+        text = config.read_text().replace('[mqtt]\n', f'[mqtt]\nhost = "{host}"\n')
+        # No ca_file: the system's CAs, which do not know the test's CA.
+        text = text.replace(f'ca_file = "{files["ca"]}"', f'ca_file = "{files[ca]}"' if ca else "")
+        config.write_text(text)
+        gateway = gateways(config).start()
+        line = f"ERROR gateway.publish.mqtt: broker {host}:{tls_port} unreachable: {cause}"
+        gateway.wait_for_output(lambda out: line in out, "the TLS failure")
+        wait_for_status(config, f"DISCONNECTED: {cause}")
+        assert gateway.stop() == 0
+    assert gateway.output().count("unreachable") == 1, gateway.output()

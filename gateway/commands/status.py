@@ -84,7 +84,8 @@ def format_report(snapshot: HealthSnapshot, now: float) -> str:
     lines = [
         head,
         f"  module   {m.dialect} on {m.port}: {'connected' if m.connected else 'DISCONNECTED'}",
-        f"  broker   {b.host}:{b.port}: {'connected' if b.connected else 'DISCONNECTED'}",
+        f"  broker   {b.host}:{b.port}: "
+        f"{'connected' if b.connected else 'DISCONNECTED' + (f': {b.error}' if b.error else '')}",
         f"  model    {snapshot.model or 'none active'}",
         f"  frames   {snapshot.frames_accepted} accepted, {sum(snapshot.rejected.values())} rejected",
     ]

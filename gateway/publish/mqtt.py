@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -32,6 +33,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.config import MqttConfig
+from gateway.publish.broker_errors import BrokerFailures, describe
 from gateway.publish.outbox import Outbox, OutboxMessage
 from gateway.publish.telemetry import to_json
 
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 # paho's 65,535 message ids, past which it refuses messages. Beyond it, telemetry waits in the
 # bounded queue, as when the broker is away, and alerts in the outbox.
 WINDOW = 1000
+
+RECONNECT_S = 1
 
 ONLINE = to_json({"state": "online"})
 OFFLINE = to_json({"state": "offline"})
@@ -116,8 +120,12 @@ class MqttPublisher:
                 cert_reqs=ssl.CERT_REQUIRED,
             )
             self.client.tls_insecure_set(cfg.tls.insecure)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # A retry every second at most (mqtt.js, and so Zigbee2MQTT, use 1 s): a broker that comes back
+        # has the gateway's telemetry within about a second, not after a backoff of up to 30 s.
+        self.client.reconnect_delay_set(min_delay=RECONNECT_S, max_delay=RECONNECT_S)
+        self.failures = BrokerFailures(cfg.host, cfg.port)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
 
     def topic(self, suffix: str) -> str:
@@ -145,20 +153,27 @@ class MqttPublisher:
                 wake.send(b"0")
 
     def start(self) -> None:
-        """Connect in the background; paho retries with backoff until the broker is there."""
+        """Connect in the background; paho retries every RECONNECT_S until the broker is there."""
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self.client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
-            log.error("broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            self.failures.failed(f"refused by the broker: {reason}")
             return
+        self.failures.connected()
         log.info("connected to broker %s:%d", self.cfg.host, self.cfg.port)
         self._session_up.set()
 
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError` around the connect, and passes no exception.
+        error = sys.exc_info()[1]
+        self.failures.failed(describe(error) if error is not None else "connection failed")
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        was_up = self._session_up.is_set()
         self._session_up.clear()
-        if reason.is_failure:
+        if reason.is_failure and was_up:  # a refused CONNACK ends in here too: _on_connect said it
             log.warning("lost the broker %s:%d (%s); reconnecting", self.cfg.host, self.cfg.port, reason)
 
     def service(self) -> None:

@@ -41,6 +41,7 @@ class BrokerHealth:
     host: str
     port: int
     connected: bool
+    error: str | None = None  # why the last connection attempt failed, while it does
 
 
 @dataclass(slots=True)

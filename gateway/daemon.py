@@ -32,6 +32,7 @@ from gateway.service.health import BrokerHealth, DeviceTable, HealthReporter, He
 from gateway.service.history import History, HistoryEntry
 from gateway.service.sd_notify import Notifier
 from gateway.service.state import StateStore
+from gateway.service.storage import WRITE_ERRORS, GuardedCounters, StorageFaults
 from gateway.uplink.channel_limit import ChannelLimit
 from gateway.uplink.chirpstack import ChirpStackInput
 from gateway.uplink.devices import load_devices, session_keys
@@ -67,12 +68,14 @@ class Daemon:
         self.model_root = cfg.model_root or default_model_root()
         scorer, self._model_refused = self._start_scorer()
         self.store = StateStore(cfg.state_path)
+        # A full disk is survived: writes that fail are reported (storage_failing) and retried.
+        self.storage = StorageFaults(cfg.state_path, lambda event: self.publisher.publish_event(event))
         self.detector = Detector(scorer, cfg.detector, self.store)
         dialect = DIALECTS[cfg.serial.dialect]()
         self.link = SerialLink(cfg.serial, dialect)
         self.pipeline = Pipeline(
             dialect,
-            UplinkDecoder(session_keys(devices), self.store),
+            UplinkDecoder(session_keys(devices), GuardedCounters(self.store, self.storage)),
             RejectionCounter(cfg.log.rejection_log_interval_s),
         )
         self.notifier = Notifier()
@@ -176,13 +179,13 @@ class Daemon:
             self.link.close()
             if self.chirpstack is not None:
                 self.chirpstack.stop()
-            self.detector.flush()
+            self.storage.attempt("detector state", self.detector.flush)
             self.publisher.stop()
             self.health.stop()
             if self.metrics is not None:
                 self.metrics.stop()
             self.publisher.outbox.close()
-            self.history.close()
+            self.storage.attempt("history", self.history.close)
             self.store.close()
             log.info("stopped")
         return 0
@@ -276,12 +279,12 @@ class Daemon:
         mono = time.monotonic()
         if mono - clock.last_flush > _STATE_FLUSH_S:
             clock.last_flush = mono
-            self.detector.flush()
+            self.storage.attempt("detector state", self.detector.flush)
         if mono - clock.last_tick <= _HOUSEKEEPING_S:
             return False
         # The watchdog ping comes from the processing loop, so a hung pipeline stops it and systemd restarts us.
         clock.last_tick = mono
-        self.history.write_due(now)
+        self.storage.attempt("history", lambda: self.history.write_due(now))
         self.notifier.watchdog()
         self.notifier.status(self._status())
         for device in self.availability.gone_silent(now):
@@ -318,7 +321,7 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.latency.observe(time.perf_counter() - read_at)
                 self.metrics.scores.observe(result.score)
-        self.history.append(history)
+        self.storage.attempt("history", lambda: self.history.append(history))
 
     def _within_channel_limit(self, readings: list[Reading]) -> list[Reading]:
         kept = []
@@ -337,7 +340,11 @@ class Daemon:
         (NORMAL): a kill -9 or a power cut in between can only deliver an alert twice, never lose it.
         The other order lost a raise for good: the state said raised, the outbox had nothing."""
         for transition in transitions:
-            dropped = self.publisher.publish_alert(transition.device, transition.to_payload())
+            try:
+                dropped = self.publisher.publish_alert(transition.device, transition.to_payload())
+            except WRITE_ERRORS as e:
+                self._publish_undurable(transition, e)
+                continue
             if self.metrics is not None:
                 self.metrics.alert(transition.state)
             log.warning("alert %s %s committed: %s %s", transition.id, transition.state, transition.device,
@@ -346,7 +353,16 @@ class Daemon:
                 self._event({"type": "alerts_dropped", "count": dropped, "time": time.time(),
                              "detail": f"outbox cap {self.publisher.outbox.cap} reached"})
         if transitions:
-            self.detector.flush()
+            self.storage.attempt("detector state", self.detector.flush)
+
+    def _publish_undurable(self, transition: AlertTransition, error: BaseException) -> None:
+        """The outbox cannot commit (a full disk): publish at once, QoS 1, and say it is not durable."""
+        self.storage.failed("an alert", error)
+        self.publisher.publish_alert_undurable(transition.device, transition.to_payload())
+        log.error("alert %s %s published without the outbox (%s): %s %s", transition.id, transition.state, error,
+                  transition.device, transition.channels)
+        self.publisher.publish_event({"type": "alert_not_durable", "id": transition.id, "device": transition.device,
+                                      "state": transition.state, "detail": f"outbox: {error}", "time": time.time()})
 
     def _reload_model(self) -> None:
         """SIGHUP: load the active bundle; a bundle that fails its checks never replaces the running one."""

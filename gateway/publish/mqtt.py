@@ -308,6 +308,10 @@ class MqttPublisher:
                 self._outbox_after = message.id - 1
         return dropped
 
+    def publish_alert_undurable(self, device: str, alert: dict[str, Any]) -> None:
+        """An alert the outbox could not commit (a full disk): QoS 1 at once, kept in memory only."""
+        self._publish_or_queue(self.topic(f"{device}/alert"), to_json(alert), 1, False)
+
     def publish_info(self, info: dict[str, Any]) -> None:
         """New info (a reloaded model); a reconnect publishes the latest info anyway."""
         self._info = info

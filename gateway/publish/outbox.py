@@ -62,7 +62,8 @@ class Outbox:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself on a full disk
+                    self._db.execute("ROLLBACK")
                 raise
             self._count += 1 - dropped
             self.dropped += dropped
@@ -79,7 +80,10 @@ class Outbox:
 
     def remove(self, message_id: int) -> None:
         with self._lock:
-            cur = self._db.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+            try:
+                cur = self._db.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+            except sqlite3.OperationalError:
+                return  # a full disk: it stays, and goes again after a reconnect or restart (at least once)
             self._count -= cur.rowcount
 
     def __len__(self) -> int:

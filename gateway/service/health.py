@@ -149,6 +149,7 @@ class HealthReporter:
         self._last: HealthSnapshot | None = None  # as last written, written_at aside
         self._written_at = 0.0
         self._stop = threading.Event()
+        self._error: str | None = None
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
 
     def start(self) -> HealthReporter:
@@ -169,8 +170,11 @@ class HealthReporter:
                 return False
             write_health(self.path, snapshot)
         except Exception as e:  # noqa: BLE001  (the thread must live on: a stale snapshot would read as a hang)
-            log.warning("cannot write the health snapshot %s: %s", self.path, e)
+            if str(e) != self._error:  # once per cause, not every interval (a full disk lasts)
+                log.warning("cannot write the health snapshot %s: %s", self.path, e)
+            self._error = str(e)
             return False
+        self._error = None
         self._last, self._written_at = unchanged, snapshot.written_at
         return True
 

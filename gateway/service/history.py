@@ -112,7 +112,11 @@ class History:
             self._db.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", self._pending)
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite rolls back by itself on a full disk
+                self._db.execute("ROLLBACK")
+            # Rows that cannot be written are dropped, not kept: on a full disk memory must stay bounded,
+            # and the history only serves reports.
+            self._pending = []
             raise
         self._pending = []
 

@@ -117,7 +117,8 @@ class StateStore:
                 self._db.executemany(sql, rows)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself on a full disk
+                    self._db.execute("ROLLBACK")
                 raise
 
     def blobs(self, namespace: str) -> dict[str, bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import signal
@@ -54,6 +55,7 @@ class _Clock:
     last_flush: float = field(default_factory=time.monotonic)
 
 _HOUSEKEEPING_S = 0.5
+_DROPS_NAMESPACE = "publisher"
 # The detector's state a minute at a time, besides with every alert: each dirty channel's whole
 # record, several KB, is the SD card's largest write after the frame counters.
 _STATE_FLUSH_S = 60.0
@@ -87,6 +89,7 @@ class Daemon:
             "model": self._model_info(scorer),
         }
         self.discovery = Discovery(cfg.gateway_id, cfg.mqtt.base_topic, cfg.mqtt.discovery_prefix, __version__)
+        self._saved_drops = (0, 0)
         self._channels: dict[str, frozenset[str]] = {}  # device -> channels announced to Home Assistant
         self.channel_limit = ChannelLimit(cfg.max_channels_per_device)
         self.publisher = MqttPublisher(
@@ -94,6 +97,7 @@ class Daemon:
             announcements=self._discovery_configs,
             device_qos={name: e.telemetry_qos for name, e in devices.items() if e.telemetry_qos is not None},
         )
+        self._restore_drops()
         self.availability = AvailabilityTracker({name: entry.period_s for name, entry in devices.items()})
         self.devices_seen = DeviceTable()
         self.history = History(cfg.state_path, cfg.history.retention_days * 86400, cfg.history.interval_s)
@@ -181,6 +185,7 @@ class Daemon:
                 self.chirpstack.stop()
             self.storage.attempt("detector state", self.detector.flush)
             self.publisher.stop()
+            self._save_drops()
             self.health.stop()
             if self.metrics is not None:
                 self.metrics.stop()
@@ -285,6 +290,7 @@ class Daemon:
         # The watchdog ping comes from the processing loop, so a hung pipeline stops it and systemd restarts us.
         clock.last_tick = mono
         self.storage.attempt("history", lambda: self.history.write_due(now))
+        self._save_drops()
         self.notifier.watchdog()
         self.notifier.status(self._status())
         for device in self.availability.gone_silent(now):
@@ -322,6 +328,25 @@ class Daemon:
                 self.metrics.latency.observe(time.perf_counter() - read_at)
                 self.metrics.scores.observe(result.score)
         self.storage.attempt("history", lambda: self.history.append(history))
+
+    def _restore_drops(self) -> None:
+        saved = self.store.blobs(_DROPS_NAMESPACE).get("telemetry")
+        if saved is None:
+            return
+        _, unreported = json.loads(saved)
+        self.publisher.restore_drops(int(unreported))
+        if unreported:
+            log.warning("the last run dropped %d telemetry message(s) it did not report: reporting them now",
+                        unreported)
+
+    def _save_drops(self) -> None:
+        """Telemetry drops into the state database (every tick, when they changed), so a kill -9
+        cannot make them vanish: the next run reports the ones not reported yet."""
+        drops = self.publisher.drops
+        if drops != self._saved_drops and self.storage.attempt(
+                "drop counters", lambda: self.store.put_blobs(_DROPS_NAMESPACE, {"telemetry": json.dumps(drops).encode()})
+                or True):
+            self._saved_drops = drops
 
     def _within_channel_limit(self, readings: list[Reading]) -> list[Reading]:
         kept = []

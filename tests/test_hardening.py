@@ -13,6 +13,7 @@ from pathlib import Path
 
 from firmware_sim.modules import EMULATORS
 from firmware_sim.pty_link import PtyModule
+from gateway.service.state import StateStore
 from gateway.uplink import lpp
 from gateway.uplink.devices import load_devices, session_keys
 from gateway.uplink.lorawan import SessionKeys, build_uplink
@@ -132,3 +133,44 @@ def test_a_node_flooding_new_channels_is_capped_and_discovery_goes_once_per_chan
     sensors = [t for t, p, _ in recorder.messages
                if t.startswith("homeassistant/sensor/test_pump-house/analog_input_") and p]
     assert len(sensors) == len(set(sensors)) == 12  # each channel announced once, none past the cap
+
+
+def test_telemetry_drops_counted_before_a_kill_9_are_reported_after_it(
+    tmp_path: Path, broker, recorder_factory, gateways, devices_file: Path
+) -> None:
+    keys = {k.name: k for k in session_keys(load_devices(devices_file))}["pump-house"]
+    with PtyModule(EMULATORS["rylr"]()) as module:
+        config = write_config(tmp_path / "config.toml", port=module.port, dialect="rylr", mqtt_port=broker.port,
+                              devices_file=devices_file, state_path=tmp_path / "state.db")
+        config.write_text(config.read_text().replace("[mqtt]\n", "[mqtt]\ntelemetry_queue = 5\n"))
+        gateway = gateways(config).start().wait_ready()
+        broker.stop()
+        for fcnt in range(1, 101):  # 100 readings, 5 kept: 95 dropped while the broker is away
+            module.send_frame(build_uplink(keys, fcnt, 1, lpp.encode([(1, "temperature", 20.0)])), -80, 7)
+        health = tmp_path / "state.health.json"
+        counted = 0  # discovery and availability messages are dropped too
+
+        def saved_all() -> bool:
+            nonlocal counted
+            counted = json.loads(health.read_text())["telemetry_dropped"] if health.exists() else 0
+            return counted >= 95 and _saved_drops(tmp_path / "state.db") == [counted, counted]
+
+        wait_until(saved_all, "the drops to be counted and saved")
+        gateway.stop(signal.SIGKILL)
+
+        broker.start()
+        recorder = recorder_factory(broker.port, ["lora-gateway/bridge/event"])
+        gateway = gateways(config).start().wait_ready()
+        got = recorder.wait_for(lambda m: any(e["type"] == "telemetry_dropped" for e in events(m)))
+        assert gateway.stop() == 0
+    (dropped,) = [e for e in events(got) if e["type"] == "telemetry_dropped"]
+    assert dropped["count"] == counted
+
+
+def _saved_drops(path: Path) -> list[int] | None:
+    store = StateStore(path)
+    try:
+        saved = store.blobs("publisher").get("telemetry")
+    finally:
+        store.close()
+    return None if saved is None else json.loads(saved)

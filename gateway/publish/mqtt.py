@@ -308,6 +308,16 @@ class MqttPublisher:
                 self._outbox_after = message.id - 1
         return dropped
 
+    @property
+    def drops(self) -> tuple[int, int]:
+        """(telemetry dropped since start, of which not yet reported): for the state database."""
+        return self.telemetry_dropped, self._dropped_unreported
+
+    def restore_drops(self, unreported: int) -> None:
+        """Drops the last run counted and did not report before it died: reported with the next."""
+        self.telemetry_dropped += unreported
+        self._dropped_unreported += unreported
+
     def publish_alert_undurable(self, device: str, alert: dict[str, Any]) -> None:
         """An alert the outbox could not commit (a full disk): QoS 1 at once, kept in memory only."""
         self._publish_or_queue(self.topic(f"{device}/alert"), to_json(alert), 1, False)

@@ -1,15 +1,16 @@
-"""`lora-gateway device add|list|reset-counter`: the devices file and a device's frame counter."""
+"""`lora-gateway device add|import|list|reset-counter|set-counter`: the devices file and a device's frame counter."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 from typing import Any
 
 from gateway.commands.common import CONFIG_HELP, load
 from gateway.config import ConfigError, GatewayConfig
-from gateway.uplink.devices import add_device, firmware_snippet, load_devices
+from gateway.uplink.devices import DeviceEntry, add_device, add_devices, firmware_snippet, import_devices, load_devices
 
 
 def _devices_file(args: argparse.Namespace) -> Path:
@@ -20,10 +21,43 @@ def _devices_file(args: argparse.Namespace) -> Path:
 
 def cmd_add(args: argparse.Namespace) -> int:
     path = _devices_file(args)
-    entry = add_device(path, args.name, args.period, parents=args.parents)
-    print(firmware_snippet(args.name, entry), end="")
-    print(f"Added to {path}.", file=sys.stderr)
+    if args.count is None:
+        if args.name is None:
+            raise ConfigError("device add: give a NAME, or --count N [--prefix P] for many")
+        entry = add_device(path, args.name, args.period, parents=args.parents)
+        print(firmware_snippet(args.name, entry), end="")
+        print(f"Added to {path}.", file=sys.stderr)
+        return 0
+    if args.name is not None:
+        raise ConfigError("device add: give either a NAME or --count, not both")
+    width = len(str(args.count))
+    names = [f"{args.prefix}{i:0{width}d}" for i in range(1, args.count + 1)]
+    added = add_devices(path, names, args.period, parents=args.parents)
+    _print_csv(added)
+    print(f"Added {len(added)} devices to {path}; their keys are above, shown once.", file=sys.stderr)
     return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    path = _devices_file(args)
+    added = import_devices(path, Path(args.csv))
+    print(f"Imported {len(added)} devices from {args.csv} into {path}.", file=sys.stderr)
+    return 0
+
+
+def _print_csv(devices: dict[str, DeviceEntry]) -> None:
+    """The form `device import` reads, and provisioning scripts can use."""
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(["name", "dev_addr", "nwk_skey", "app_skey"])
+    for name, e in devices.items():
+        out.writerow([name, e.dev_addr, e.nwk_skey, e.app_skey])
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{value}: between 1 and 100000 devices at a time")
+    return value
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -82,19 +116,28 @@ def register(subparsers: Any) -> None:
     )
     for name, func, text in (
         ("add", cmd_add, "create a device with fresh random DevAddr, NwkSKey and AppSKey (printed once)"),
+        ("import", cmd_import, "add ABP devices whose keys were made elsewhere, from a CSV file with the header "
+         "name,dev_addr,nwk_skey,app_skey[,period_s] (what `device add --count` prints)"),
         ("list", cmd_list, "list devices (names and DevAddr, never keys)"),
         ("reset-counter", cmd_reset_counter, "let a device that really reset back in (forget its frame counter)"),
         ("set-counter", cmd_set_counter, "accept a device's frames from counter N on (a device first heard past "
          "65535, or after the state database was lost, is otherwise rejected as bad_mic)"),
     ):
         p = device.add_parser(name, help=text, description=text)
-        if name != "list":
+        if name == "add":
+            p.add_argument("name", nargs="?", help="device name (or --count for many)")
+            p.add_argument("--count", type=_count, metavar="N",
+                           help="add N devices at once, named PREFIX plus a number; prints their keys as CSV")
+            p.add_argument("--prefix", default="node-", help="name prefix with --count (default: node-)")
+        elif name == "import":
+            p.add_argument("csv", metavar="FILE.csv", help="name,dev_addr,nwk_skey,app_skey[,period_s] per line")
+        elif name != "list":
             p.add_argument("name", help="device name")
         p.add_argument("--config", "-c", help=CONFIG_HELP)
         if name == "set-counter":
             p.add_argument("counter", metavar="N", type=_counter,
                            help="the frame counter of the device's next frame (as its log or display shows it)")
-        if name not in ("reset-counter", "set-counter"):
+        if name in ("add", "import", "list"):
             p.add_argument("--devices", help="devices file (default: devices_file of the configuration)")
         if name == "add":
             p.add_argument("--period", type=float, help="expected reporting period in seconds")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import secrets
@@ -105,16 +107,13 @@ def add_devices(
     A missing folder is made (private to its owner) only with `parents`: a mistyped path must not
     leave a new folder somewhere, at / when run as root.
     """
-    if not path.parent.is_dir() and not parents:
-        raise ConfigError(f"{path}: folder {path.parent} does not exist (create it, or give --parents)")
+    _check_folder(path, parents)
     devices = load_devices(path) if path.exists() else {}
     used = {e.dev_addr for e in devices.values()}
     added: dict[str, DeviceEntry] = {}
     for name in names:
-        if not _NAME.match(name):
-            raise ConfigError(f"device name {name!r}: use 1-64 letters, digits, '-' and '_'")
-        if name in devices or name in added:
-            raise ConfigError(f"{path}: device {name!r} already exists")
+        if name in added:
+            raise ConfigError(f"device {name!r} is given twice")
         while True:
             # NwkID 0x13 prefix (7 bits) is one the LoRa Alliance keeps for experimental/private networks.
             dev_addr = f"{(0x13 << 25) | secrets.randbits(25):08X}"
@@ -127,14 +126,66 @@ def add_devices(
             app_skey=secrets.token_hex(16).upper(),
             period_s=period_s,
         )
+    _append(path, devices, added)
+    return added
+
+
+def _check_folder(path: Path, parents: bool) -> None:
+    if not path.parent.is_dir() and not parents:
+        raise ConfigError(f"{path}: folder {path.parent} does not exist (create it, or give --parents)")
+
+
+def import_devices(path: Path, source: Path, *, parents: bool = False) -> dict[str, DeviceEntry]:
+    """Append the devices of a CSV file (`name,dev_addr,nwk_skey,app_skey[,period_s]`, with that header):
+    ABP devices whose keys were made elsewhere, such as a ChirpStack export."""
+    _check_folder(path, parents)
+    entries = read_csv(source)
+    _append(path, load_devices(path) if path.exists() else {}, entries)
+    return entries
+
+
+def read_csv(source: Path) -> dict[str, DeviceEntry]:
+    """The devices of a CSV file; an error names the line and the column, never a value."""
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read: {e.strerror}") from None
+    rows = csv.DictReader(io.StringIO(text))
+    missing = {"name", "dev_addr", "nwk_skey", "app_skey"} - set(rows.fieldnames or [])
+    if missing:
+        raise ConfigError(f"{source}: line 1: the header lacks {', '.join(sorted(missing))} "
+                          "(wanted: name,dev_addr,nwk_skey,app_skey[,period_s])")
+    out: dict[str, DeviceEntry] = {}
+    for row in rows:
+        where = f"{source}: line {rows.line_num}"
+        name = (row.get("name") or "").strip()
+        fields = {k: v.strip() for k, v in row.items() if k != "name" and isinstance(v, str) and v.strip()}
+        try:
+            entry = DeviceEntry.model_validate(fields)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(where, e, model=DeviceEntry, echo=False)) from None
+        if name in out:
+            raise ConfigError(f"{where}: device {mask_keys(name)!r} is twice in the file")
+        out[name] = entry
+    return out
+
+
+def _append(path: Path, devices: dict[str, DeviceEntry], added: dict[str, DeviceEntry]) -> None:
+    """Check the new devices against the file's, then append them in one write (created 0600)."""
+    used = {e.dev_addr: name for name, e in devices.items()}
+    for name, entry in added.items():
+        if not _NAME.match(name):
+            raise ConfigError(f"device name {mask_keys(name)!r}: use 1-64 letters, digits, '-' and '_'")
+        if name in devices:
+            raise ConfigError(f"{path}: device {name!r} already exists")
+        if entry.dev_addr in used:
+            raise ConfigError(f"{path}: {name}: DevAddr {entry.dev_addr} is already used by {used[entry.dev_addr]}")
+        used[entry.dev_addr] = name
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
-        for name, entry in added.items():
-            if f.tell() > 0:
-                f.write("\n")
-            f.write(_toml_entry(name, entry))
-    return added
+        f.write("".join(("\n" if f.tell() > 0 or i else "") + _toml_entry(name, entry)
+                        for i, (name, entry) in enumerate(added.items())))
 
 
 def firmware_snippet(name: str, e: DeviceEntry) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import signal
@@ -33,7 +32,7 @@ from gateway.service.health import BrokerHealth, DeviceTable, HealthReporter, He
 from gateway.service.history import History, HistoryEntry
 from gateway.service.sd_notify import Notifier
 from gateway.service.state import StateStore
-from gateway.service.storage import WRITE_ERRORS, GuardedCounters, StorageFaults
+from gateway.service.storage import WRITE_ERRORS, DropLedger, GuardedCounters, StorageFaults
 from gateway.uplink.channel_limit import ChannelLimit
 from gateway.uplink.chirpstack import ChirpStackInput
 from gateway.uplink.devices import load_devices, session_keys
@@ -55,7 +54,6 @@ class _Clock:
     last_flush: float = field(default_factory=time.monotonic)
 
 _HOUSEKEEPING_S = 0.5
-_DROPS_NAMESPACE = "publisher"
 # The detector's state a minute at a time, besides with every alert: each dirty channel's whole
 # record, several KB, is the SD card's largest write after the frame counters.
 _STATE_FLUSH_S = 60.0
@@ -89,7 +87,6 @@ class Daemon:
             "model": self._model_info(scorer),
         }
         self.discovery = Discovery(cfg.gateway_id, cfg.mqtt.base_topic, cfg.mqtt.discovery_prefix, __version__)
-        self._saved_drops = (0, 0)
         self._channels: dict[str, frozenset[str]] = {}  # device -> channels announced to Home Assistant
         self.channel_limit = ChannelLimit(cfg.max_channels_per_device)
         self.publisher = MqttPublisher(
@@ -97,7 +94,11 @@ class Daemon:
             announcements=self._discovery_configs,
             device_qos={name: e.telemetry_qos for name, e in devices.items() if e.telemetry_qos is not None},
         )
-        self._restore_drops()
+        self.drop_ledger = DropLedger(self.store, self.storage)
+        if unreported := self.drop_ledger.unreported():
+            log.warning("the last run dropped %d telemetry message(s) it did not report: reporting them now",
+                        unreported)
+            self.publisher.restore_drops(unreported)
         self.availability = AvailabilityTracker({name: entry.period_s for name, entry in devices.items()})
         self.devices_seen = DeviceTable()
         self.history = History(cfg.state_path, cfg.history.retention_days * 86400, cfg.history.interval_s)
@@ -185,7 +186,7 @@ class Daemon:
                 self.chirpstack.stop()
             self.storage.attempt("detector state", self.detector.flush)
             self.publisher.stop()
-            self._save_drops()
+            self.drop_ledger.save(self.publisher.drops)
             self.health.stop()
             if self.metrics is not None:
                 self.metrics.stop()
@@ -290,7 +291,7 @@ class Daemon:
         # The watchdog ping comes from the processing loop, so a hung pipeline stops it and systemd restarts us.
         clock.last_tick = mono
         self.storage.attempt("history", lambda: self.history.write_due(now))
-        self._save_drops()
+        self.drop_ledger.save(self.publisher.drops)
         self.notifier.watchdog()
         self.notifier.status(self._status())
         for device in self.availability.gone_silent(now):
@@ -303,7 +304,10 @@ class Daemon:
         return True
 
     def _publish(self, readings: list[Reading], read_at: float) -> None:
-        readings = self._within_channel_limit(readings)
+        readings, cut = self.channel_limit.apply_all(readings)
+        for rejection, when in cut:
+            if (event := self.pipeline.rejections.record(rejection, when, "channels")) is not None:
+                self.publisher.publish_event(event)
         results = self.detector.observe(readings)
         transitions = [r.transition for r in results if r.transition is not None]
         self._commit_alerts(transitions)
@@ -328,37 +332,6 @@ class Daemon:
                 self.metrics.latency.observe(time.perf_counter() - read_at)
                 self.metrics.scores.observe(result.score)
         self.storage.attempt("history", lambda: self.history.append(history))
-
-    def _restore_drops(self) -> None:
-        saved = self.store.blobs(_DROPS_NAMESPACE).get("telemetry")
-        if saved is None:
-            return
-        _, unreported = json.loads(saved)
-        self.publisher.restore_drops(int(unreported))
-        if unreported:
-            log.warning("the last run dropped %d telemetry message(s) it did not report: reporting them now",
-                        unreported)
-
-    def _save_drops(self) -> None:
-        """Telemetry drops into the state database (every tick, when they changed), so a kill -9
-        cannot make them vanish: the next run reports the ones not reported yet."""
-        drops = self.publisher.drops
-        if drops != self._saved_drops and self.storage.attempt(
-                "drop counters", lambda: self.store.put_blobs(_DROPS_NAMESPACE, {"telemetry": json.dumps(drops).encode()})
-                or True):
-            self._saved_drops = drops
-
-    def _within_channel_limit(self, readings: list[Reading]) -> list[Reading]:
-        kept = []
-        for reading in readings:
-            limited, rejection = self.channel_limit.apply(reading)
-            if rejection is not None:
-                event = self.pipeline.rejections.record(rejection, reading.time, "channels")
-                if event is not None:
-                    self.publisher.publish_event(event)
-            if limited is not None:
-                kept.append(limited)
-        return kept
 
     def _commit_alerts(self, transitions: list[AlertTransition]) -> None:
         """Alerts into the outbox first (synchronous=FULL), then the alert state that made them

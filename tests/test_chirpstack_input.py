@@ -101,7 +101,7 @@ def test_data_that_is_not_ascii_base64_is_rejected(data: str) -> None:
 
 def test_object_keys_cannot_add_topic_levels_wildcards_or_template_code() -> None:
     template = "x'] }}{{ 7*7 }}{{ value_json['rssi"
-    obj = {"a/b": 1, "t+": 2, "h#": 3, template: 4, "big": 10**400, "ok_1": 5, "a-b": 6}
+    obj = {"a/b": 1, "t+": 2, "h#": 3, template: 4, "big": 10**400, "ok_1": 5, "a-b": 6, "": 7}  # "": no name
     r = parse_uplink(json.dumps(event("pump", 1, object=obj)).encode(), 0.0)
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) for name in r.values)
     assert r.values["a-b"] == 1  # 'a/b' made safe first; the later 'a-b' does not overwrite it

@@ -9,6 +9,7 @@ event; the first write that works again is a `storage_back` event.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -80,3 +81,27 @@ class GuardedCounters:
             self._unwritten = {}
         else:
             self._unwritten = pending
+
+
+class DropLedger:
+    """Telemetry drops (total, not yet reported) in the state database, so that a kill -9 cannot
+    make them vanish: the next run reports the ones the last did not."""
+
+    _NAMESPACE, _KEY = "publisher", "telemetry"
+
+    def __init__(self, store: StateStore, faults: StorageFaults) -> None:
+        self._store = store
+        self._faults = faults
+        self._saved = (0, 0)
+
+    def unreported(self) -> int:
+        """What the last run dropped and did not report."""
+        saved = self._store.blobs(self._NAMESPACE).get(self._KEY)
+        return int(json.loads(saved)[1]) if saved is not None else 0
+
+    def save(self, drops: tuple[int, int]) -> None:
+        """Write `drops` if they changed since the last write that worked."""
+        if drops != self._saved and self._faults.attempt(
+                "drop counters", lambda: self._store.put_blobs(self._NAMESPACE, {self._KEY: json.dumps(drops).encode()})
+                or True):
+            self._saved = drops

@@ -36,3 +36,15 @@ class ChannelLimit:
         )
         values = {name: v for name, v in reading.values.items() if name in known}
         return (replace(reading, values=values) if values else None), rejection
+
+    def apply_all(self, readings: list[Reading]) -> tuple[list[Reading], list[tuple[Rejected, float]]]:
+        """`apply` to each: what is left of the readings, and each cut with its reading's time."""
+        kept: list[Reading] = []
+        cut: list[tuple[Rejected, float]] = []
+        for reading in readings:
+            limited, rejection = self.apply(reading)
+            if rejection is not None:
+                cut.append((rejection, reading.time))
+            if limited is not None:
+                kept.append(limited)
+        return kept, cut

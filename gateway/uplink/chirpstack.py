@@ -101,8 +101,8 @@ def _flatten(obj: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
 
     def put(name: str, value: Any) -> None:
-        if (n := _number(value)) is not None:
-            out.setdefault(safe_name(name), n)
+        if (n := _number(value)) is not None and (safe := safe_name(name)):
+            out.setdefault(safe, n)
 
     for key, value in obj.items():
         lpp_type = _CHIRPSTACK_LPP.get(key)

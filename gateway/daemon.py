@@ -1,4 +1,8 @@
-"""The daemon: wires serial link, pipeline, detector and MQTT publisher together, and nothing else."""
+"""The daemon: wires serial link, pipeline, detector and MQTT publisher together, and nothing else.
+
+Over 400 lines: it wires every stage for both inputs (serial, ChirpStack), reload and the
+storage-fault paths; the work itself lives in the stages.
+"""
 
 from __future__ import annotations
 

@@ -50,8 +50,8 @@ KEY = "B2489D5A0C14E8F37A6B1D290E4C7F55"
 
 
 @pytest.mark.parametrize(("rows", "message"), [
-    (f"pump,26011BDA,{KEY},{KEY[:-1]}\n", "line 2: app_skey: Value error, must be 32 hex digits (got 31 characters)"),
-    (f"pump,{KEY},{KEY},{KEY}\n", "line 2: dev_addr: Value error, must be 8 hex digits (got 32 characters, not shown)"),
+    (f"pump,26011BDA,{KEY},{KEY[:-1]}\n", "line 2: app_skey: must be 32 hex digits (got 31 characters)"),
+    (f"pump,{KEY},{KEY},{KEY}\n", "line 2: dev_addr: must be 8 hex digits (got 32 characters, not shown)"),
     (f"pump,26011BDA,{KEY},{KEY}\npump,26011BDB,{KEY},{KEY}\n", "line 3: device 'pump' is twice in the file"),
     (f"p/1,26011BDA,{KEY},{KEY}\n", "device name 'p/1': use 1-64 letters"),
 ])

@@ -135,41 +135,6 @@ def test_after_an_outage_a_device_state_never_goes_back(tmp_path: Path, broker, 
     publisher.stop()
 
 
-class _CountingWake:
-    """paho's wake-up socket, counting the wake-ups sent through it."""
-
-    def __init__(self, sock) -> None:
-        self.sock, self.sent = sock, 0
-
-    def send(self, data: bytes) -> int:
-        self.sent += 1
-        return self.sock.send(data)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def test_a_batch_wakes_paho_once_and_loses_nothing(tmp_path: Path, broker, recorder_factory) -> None:
-    recorder = recorder_factory(broker.port, ["lora-gateway/+"])
-    publisher = MqttPublisher(MqttConfig(port=broker.port), "t", {}, Outbox(tmp_path / "s.db"))
-    publisher.start()
-    _wait(publisher.connected.is_set, publisher)
-    wake = publisher.client._sockpairW = _CountingWake(publisher.client._sockpairW)
-    with publisher.batch():
-        for fcnt in range(200):
-            publisher.publish_state(f"node-{fcnt % 4}", _state(f"node-{fcnt % 4}", fcnt))
-        with publisher.batch():  # nested: still one
-            publisher.publish_state("node-0", _state("node-0", 200))
-    assert wake.sent == 1
-    publisher.publish_state("node-1", _state("node-1", 201))  # outside a batch: one each, as before
-    assert wake.sent == 2 and publisher.client._sockpairW is wake
-    assert publisher.drain(30)
-    recorder.wait_for(lambda m: len(m) >= 202)
-    assert [json.loads(p)["fcnt"] for t, p, _ in recorder.messages if t == "lora-gateway/node-0"] == [
-        *range(0, 200, 4), 200]
-    publisher.stop()
-
-
 def test_telemetry_qos_from_the_environment_and_refused_out_of_range() -> None:
     assert load_config(None, {"LORA_GATEWAY_MQTT__TELEMETRY_QOS": "1"}).mqtt.telemetry_qos == 1
     assert load_config(None, {}).mqtt.telemetry_qos == 0

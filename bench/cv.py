@@ -145,9 +145,7 @@ def group_scores(files: list[DevFile], cfg: Any) -> dict[str, dict[str, float]]:
         runs = [replay(f.likelihood, cfg) for f in members]
         r: dict[str, float] = {}
         for p, prof in nab.PROFILES.items():
-            null, perfect = nab._null_perfect([f.labelled for f in members], prof)
-            raw = sum(nab.score_file(f.labelled, ev, 0.5, prof)[0] for f, (ev, _) in zip(members, runs))
-            r[p] = 100 * (raw - null) / (perfect - null)
+            r[p] = nab.normalized_score([f.labelled for f in members], [ev for ev, _ in runs], prof)
         if g == "skab_valve1":
             sk = [skab.SkabFile(f.name, Path(), f.anomaly, f.labelled) for f in members]  # type: ignore[arg-type]
             m = skab.pooled(sk, [up for _, up in runs], [ev for ev, _ in runs])
@@ -159,13 +157,8 @@ def group_scores(files: list[DevFile], cfg: Any) -> dict[str, dict[str, float]]:
 def nab_pooled(files: list[DevFile], cfg_by_group: dict[str, Any]) -> dict[str, float]:
     """The 18 NAB files as one corpus, each replayed with its group's settings, one normalisation."""
     members = [f for f in files if f.group.startswith("nab")]
-    out = {}
-    for p, prof in nab.PROFILES.items():
-        null, perfect = nab._null_perfect([f.labelled for f in members], prof)
-        raw = sum(nab.score_file(f.labelled, replay(f.likelihood, cfg_by_group[f.group])[0], 0.5, prof)[0]
-                  for f in members)
-        out[p] = 100 * (raw - null) / (perfect - null)
-    return out
+    detections = [replay(f.likelihood, cfg_by_group[f.group])[0] for f in members]
+    return {p: nab.normalized_score([f.labelled for f in members], detections, prof) for p, prof in nab.PROFILES.items()}
 
 
 def cross_validate(files: list[DevFile]) -> dict[str, Any]:

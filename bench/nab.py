@@ -197,8 +197,18 @@ def score_file(f: LabelledFile, scores: np.ndarray, threshold: float, profile: P
 
 
 def _null_perfect(files: list[LabelledFile], profile: Profile) -> tuple[float, float]:
+    """Raw scores of the null detector (no detection) and of the perfect one: NAB's 0 and 100."""
     scorable_windows = sum(len(np.unique(f.window[f.probation :][f.window[f.probation :] >= 0])) for f in files)
     return -profile.fn * scorable_windows, profile.tp * sum(f.n_windows for f in files)
+
+
+def normalized_score(files: list[LabelledFile], detections: list[np.ndarray], profile: Profile) -> float:
+    """NAB's normalised score of fixed detections (1 = detected, 0 = not) over these files as one corpus."""
+    null, perfect = _null_perfect(files, profile)
+    if perfect <= null:
+        return float("nan")
+    raw = sum(score_file(f, d, 0.5, profile)[0] for f, d in zip(files, detections, strict=True))
+    return 100 * (raw - null) / (perfect - null)
 
 
 def sweep(files: list[LabelledFile], scores: list[np.ndarray], profile_name: str) -> ProfileResult:

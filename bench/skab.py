@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.nab import PROFILES, LabelledFile, _null_perfect, prepare_file, score_file
+from bench.nab import PROFILES, LabelledFile, normalized_score, prepare_file, score_file
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "skab"
 TRAIN_ROWS = 400
@@ -89,9 +89,7 @@ def pooled(files: list[SkabFile], flagged: list[np.ndarray], raises: list[np.nda
     }
     labelled = [f.labelled for f in files]
     for name, prof in PROFILES.items():
-        null, perfect = _null_perfect(labelled, prof)
-        raw = sum(score_file(lf, r, 0.5, prof)[0] for lf, r in zip(labelled, raises))
-        out[name] = 100 * (raw - null) / (perfect - null) if perfect > null else float("nan")
+        out[name] = normalized_score(labelled, raises, prof)
     parts = [score_file(lf, r, 0.5, PROFILES["standard"]) for lf, r in zip(labelled, raises)]
     out["windows_found"], out["windows_missed"] = sum(p[1] for p in parts), sum(p[2] for p in parts)
     out["false_raises"] = sum(p[3] for p in parts)

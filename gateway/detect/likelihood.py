@@ -82,6 +82,20 @@ class ScoreLikelihood:
         self.likelihood = result
         return result
 
+    def stats(self) -> list[float]:
+        """The running statistics as they are, so that a restart continues bit for bit."""
+        return [self.rsum, self.hcount, self.hmean, self.hvar]
+
+    def restore(self, recent: array, stats: list[float]) -> None:
+        """Into a new, empty state: the saved recent log-scores (oldest first) and `stats()`."""
+        for v in recent[-len(self.recent) :]:
+            self.recent[self.rpos] = v
+            self.rpos = (self.rpos + 1) % len(self.recent)
+        rsum, hcount, self.hmean, self.hvar = stats
+        self.hcount = min(int(hcount), self.horizon)
+        # A changed `average` keeps the newest means only: re-add them.
+        self.rsum = rsum if len(recent) <= len(self.recent) else math.fsum(self.recent)
+
 
 _SQRT_2 = math.sqrt(2.0)
 _SQRT_2PI = math.sqrt(2.0 * math.pi)

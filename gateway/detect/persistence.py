@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import struct
 from array import array
 from collections.abc import Callable, Iterable
@@ -76,7 +75,7 @@ def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
         "k": scale.k, "seen": scale.seen, "acc": scale.acc, "cnt": scale.cnt, "likelihood": scale.likelihood,
         "n": [len(values), len(recent) * recent.itemsize],  # bytes
         # Sums and moments as they are, so that a restart continues bit for bit.
-        "stats": [scale.rsum, scale.hcount, scale.hmean, scale.hvar],
+        "stats": scale.stats(),
     }
     return header, [values, recent.tobytes()]
 
@@ -91,14 +90,7 @@ def _load_scale(scale: Scale, h: dict[str, Any], arrays: list[bytes], same_model
     if not same_model:
         return  # keep the values; relearn the new model's scores
     scale.likelihood = h["likelihood"]
-    recent = array("d", arrays[1])
-    for v in recent[-len(scale.recent) :]:
-        scale.recent[scale.rpos] = v
-        scale.rpos = (scale.rpos + 1) % len(scale.recent)
-    rsum, hcount, scale.hmean, scale.hvar = h["stats"]
-    scale.hcount = min(hcount, scale.horizon)
-    # A changed `average` keeps the newest means only: re-add them.
-    scale.rsum = rsum if len(recent) <= len(scale.recent) else math.fsum(scale.recent)
+    scale.restore(array("d", arrays[1]), h["stats"])
 
 
 def _ordered(ring: array, pos: int, count: int) -> array:

@@ -255,7 +255,8 @@ class Daemon:
                         self.publisher.publish_event(event)
             if readings:
                 self.pipeline.frames_accepted += len(readings)
-                self._publish(readings, read_at)
+                with self.publisher.batch():
+                    self._publish(readings, read_at)
             self._housekeeping(clock, now)
 
     def _serve_link(self) -> None:
@@ -280,7 +281,8 @@ class Daemon:
         for event in out.events:
             self.publisher.publish_event(event)
         if out.readings:
-            self._publish(out.readings, read_at)
+            with self.publisher.batch():  # one wake-up of paho's thread for the batch
+                self._publish(out.readings, read_at)
 
     def _housekeeping(self, clock: _Clock, now: float) -> bool:
         """Periodic work of either input loop; True when the half-second tick ran."""

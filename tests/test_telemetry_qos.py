@@ -4,6 +4,7 @@ against a real mosquitto."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -132,6 +133,50 @@ def test_after_an_outage_a_device_state_never_goes_back(tmp_path: Path, broker, 
     # Live messages only: the recorder subscribes again as it reconnects, and gets the retained one then.
     fcnts = [json.loads(p)["fcnt"] for _, p, retained in recorder.messages if not retained]
     assert fcnts == sorted(fcnts), fcnts
+    publisher.stop()
+
+
+class _CountingWake:
+    """paho's wake-up socket, counting the wake-ups sent through it."""
+
+    def __init__(self, sock) -> None:
+        self.sock, self.sent = sock, 0
+
+    def send(self, data: bytes) -> int:
+        self.sent += 1
+        return self.sock.send(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_batch_wakes_paho_once_and_loses_nothing(tmp_path: Path, broker, recorder_factory) -> None:
+    recorder = recorder_factory(broker.port, ["lora-gateway/+"])
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "t", {}, Outbox(tmp_path / "s.db"))
+    publisher.start()
+    _wait(publisher.connected.is_set, publisher)
+    wake = publisher.client._sockpairW = _CountingWake(publisher.client._sockpairW)
+    with publisher.batch():
+        for fcnt in range(200):
+            publisher.publish_state(f"node-{fcnt % 4}", _state(f"node-{fcnt % 4}", fcnt))
+        with publisher.batch():  # nested: still one
+            publisher.publish_state("node-0", _state("node-0", 200))
+    assert wake.sent == 1
+    publisher.publish_state("node-1", _state("node-1", 201))  # outside a batch: one each, as before
+    assert wake.sent == 2 and publisher.client._sockpairW is wake
+    assert publisher.drain(30)
+    recorder.wait_for(lambda m: len(m) >= 202)
+    assert [json.loads(p)["fcnt"] for t, p, _ in recorder.messages if t == "lora-gateway/node-0"] == [
+        *range(0, 200, 4), 200]
+    publisher.stop()
+
+
+def test_paho_socket_sends_without_waiting_for_acks(tmp_path: Path, broker) -> None:
+    """Nagle's algorithm off: a batch written at once went out behind the broker's delayed ACK."""
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "t", {}, Outbox(tmp_path / "s.db"))
+    publisher.start()
+    _wait(publisher.connected.is_set, publisher)
+    assert publisher.client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     publisher.stop()
 
 

@@ -119,11 +119,14 @@ def test_drain_returns_once_the_broker_has_every_message(tmp_path: Path, broker,
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_publishes_over_mqtt_3_and_5(tmp_path: Path, broker, recorder_factory, protocol: str) -> None:
+    """At QoS 1: over 3.1.1 paho sends all the window at once, over 5 as many as brokers allow (20)."""
     recorder = recorder_factory(broker.port, ["lora-gateway/+"])
-    publisher = MqttPublisher(MqttConfig(port=broker.port, protocol=protocol), "t", {}, Outbox(tmp_path / "s.db"))
+    cfg = MqttConfig(port=broker.port, protocol=protocol, telemetry_qos=1)
+    publisher = MqttPublisher(cfg, "t", {}, Outbox(tmp_path / "s.db"))
     publisher.start()
     _wait(publisher.connected.is_set, publisher)
     assert publisher.client.protocol == (5 if protocol == "5" else 4)
+    assert publisher.client.max_inflight_messages == (20 if protocol == "5" else 0)  # 0: no limit of paho's
     for i in range(200):
         publisher.publish_state("pump", telemetry_payload(Reading("pump", {"current_3": i / 8}, i, -80.0, 5.0, i)))
     assert publisher.drain(30)

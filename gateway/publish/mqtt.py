@@ -118,6 +118,12 @@ class MqttPublisher:
             client_id=cfg.client_id or f"lora-gateway-{gateway_id}",
             protocol=protocol,
         )
+        if protocol == MQTTProtocolVersion.MQTTv311:
+            # No limit of paho's own: past its default 20 in flight it held QoS 1 messages back and
+            # sent one for each PUBACK from its thread, each after a scan of all it holds. MQTT
+            # 3.1.1 sets no such limit, and WINDOW bounds what paho holds. MQTT 5 keeps paho's 20:
+            # brokers state a Receive Maximum (mosquitto: 20) that paho does not read.
+            self.client.max_inflight_messages_set(0)
         self.client.will_set(self.topic("bridge/state"), OFFLINE, qos=1, retain=True)
         if cfg.username is not None:
             self.client.username_pw_set(cfg.username, cfg.password)

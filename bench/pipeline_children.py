@@ -228,7 +228,8 @@ def child_runtime(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_paho(args: argparse.Namespace) -> dict[str, Any]:
     """The MQTT floor: paho alone publishing telemetry-sized QoS 1 retained messages, set up as
-    the daemon's publisher is (network loop in its thread), until the broker acknowledged the last."""
+    the daemon's publisher is (network loop in its thread, no in-flight limit of paho's, Nagle
+    off), until the broker acknowledged the last."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -236,7 +237,11 @@ def child_paho(args: argparse.Namespace) -> dict[str, Any]:
         "device": "dev-10", "values": {"temperature_1": 21.4, "relative_humidity_2": 50.5}, "rssi": -80.0,
         "snr": 7.0, "fcnt": 123, "time": 1764620000.123456, "anomaly_score": 0.1234,
         "anomaly": {"temperature_1": 0.1234, "relative_humidity_2": 0.0567}, "alert_state": "ok"})
+    from gateway.publish.mqtt import no_delay
+
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.max_inflight_messages_set(0)  # as the publisher over MQTT 3.1.1
+    client.on_socket_open = no_delay
     client.connect("127.0.0.1", args.broker)
     client.loop_start()
     client.publish("paho/ready", "", qos=1).wait_for_publish(10)

@@ -62,7 +62,7 @@ def _published(info: mqtt.MQTTMessageInfo) -> bool | None:
         return None
 
 
-def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+def no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     """Messages go out as soon as paho writes them. paho leaves Nagle's algorithm on: a small
     write behind one the broker has not yet acknowledged waited for its delayed ACK, about 40 ms
     (a QoS 0 message is never answered), which was the p99 of a batch written at once."""
@@ -142,7 +142,7 @@ class MqttPublisher:
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_socket_open = _no_delay
+        self.client.on_socket_open = no_delay
 
     def topic(self, suffix: str) -> str:
         return f"{self.base}/{suffix}"

@@ -19,6 +19,7 @@ import random
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,8 @@ GRACE_PERIODS = 5
 KINDS = ("spike", "drift", "stuck", "level_shift", "noise", "dropout")
 
 
-def scenario(days: int, rng: random.Random) -> Scenario:
-    """Pump houses and cold rooms, each with every fault kind once, spread over days 2..N."""
+def scenario(days: int, rng: random.Random, with_faults: bool = True) -> Scenario:
+    """Pump houses and cold rooms, each with every fault kind once, spread over days 2..N (or none)."""
     nodes = []
     for i in range(4):
         pump = i % 2 == 0
@@ -58,15 +59,16 @@ def scenario(days: int, rng: random.Random) -> Scenario:
                 fault["channel"] = rng.choice([1, 2, 3])
             faults.append(fault)
         nodes.append({"name": f"{'pump' if pump else 'cold'}-{i}", "period_s": 60, "sf": 7, "distance_m": 200,
-                      "sensors": sensors, "faults": faults})
+                      "sensors": sensors, "faults": faults if with_faults else []})
     return Scenario.model_validate({"simulation": {"duration_s": days * DAY, "start": "2026-06-01T00:00:00"},
                                     "nodes": nodes})
 
 
-def run_seed(seed: int, days: int, scorer: OnnxScorer, workdir: Path,
-             settings: DetectorSettings) -> tuple[list[Label], list[dict[str, Any]], int]:
+def farm(seed: int, days: int, workdir: Path, with_faults: bool = True) -> tuple[list[Label], Iterator[Reading]]:
+    """The fault labels, and the farm's readings as the gateway decodes them (rounded through
+    Cayenne LPP, corrupted frames left out as the MIC rejects them), in time order."""
     rng = random.Random(seed)
-    spec = scenario(days, rng)
+    spec = scenario(days, rng, with_faults)
     devices = workdir / f"devices-{seed}.toml"
     for node in spec.nodes:
         add_device(devices, node.name)
@@ -74,18 +76,22 @@ def run_seed(seed: int, days: int, scorer: OnnxScorer, workdir: Path,
     origin = 1_780_272_000.0  # 2026-06-01 UTC
     nodes, labels = build_nodes(spec.nodes, keys, rng, origin)
     engine = Engine(nodes, spec.radio, rng=rng, origin=origin)
+    readings = (Reading(d.node, lpp.decode(lpp.encode(d.readings)), d.fcnt, d.rssi, d.snr, d.t)
+                for d in engine.run(days * DAY) if not d.corrupted)
+    return labels, readings
+
+
+def run_seed(seed: int, days: int, scorer: OnnxScorer, workdir: Path,
+             settings: DetectorSettings) -> tuple[list[Label], list[dict[str, Any]], int]:
+    labels, farm_readings = farm(seed, days, workdir)
     detector = Detector(scorer, settings)
     alerts: list[dict[str, Any]] = []
     readings = 0
-    for delivery in engine.run(days * DAY):
-        if delivery.corrupted:
-            continue  # the MIC rejects it before the detector
-        values = lpp.decode(lpp.encode(delivery.readings))
-        (out,) = detector.observe([Reading(delivery.node, values, delivery.fcnt, delivery.rssi, delivery.snr,
-                                           delivery.t)])
+    for reading in farm_readings:
+        (out,) = detector.observe([reading])
         readings += 1
         if out.transition is not None and out.transition.state == "raised":
-            alerts.append({"device": delivery.node, "t": delivery.t, "channels": list(out.transition.channels)})
+            alerts.append({"device": reading.device, "t": reading.time, "channels": list(out.transition.channels)})
     return labels, alerts, readings
 
 

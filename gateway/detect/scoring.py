@@ -60,9 +60,12 @@ class Normalization:
         s = np.maximum(s, self.min_scale * np.maximum(1.0, np.abs(m)))
         return m, s
 
-    def apply(self, history: np.ndarray, window: np.ndarray) -> np.ndarray:
-        """Normalize `window` [..., W] by the statistics of `history` [..., H]; float32."""
+    def apply(self, history: np.ndarray, window: np.ndarray, floor: np.ndarray | None = None) -> np.ndarray:
+        """Normalize `window` [..., W] by the statistics of `history` [..., H], the scale at least
+        `floor` [...] where given (the detector's: a quantised sensor's resolution); float32."""
         m, s = self.stats(history)
+        if floor is not None:
+            s = np.maximum(s, floor)
         return ((np.asarray(window, dtype=np.float64) - m[..., None]) / s[..., None]).astype(np.float32)
 
     def to_manifest(self) -> dict[str, Any]:

@@ -26,8 +26,9 @@ class Tunables(BaseModel):
         description="Readings per scored window; default: the model's window. A multiple k of the model's "
         "window lets it see a k times longer span: values are averaged in groups of k.",
     )
-    # warmup, raise_threshold, clear_threshold and min_duration: chosen by bench/cv.py (leave-one-group-out
-    # cross-validation over the dev groups, within a false-alert budget on normal data); README, "Detection".
+    # warmup, raise_threshold, clear_threshold, min_duration and resolution_steps: chosen by bench/cv.py
+    # (leave-one-group-out cross-validation over the dev groups, within a false-alert budget on normal
+    # data); README, "Detection".
     warmup: int = Field(
         600, ge=0,
         description="Readings of a channel before it may raise an alert (it learns meanwhile): 600 = 50 minutes "
@@ -43,7 +44,7 @@ class Tunables(BaseModel):
         description="Clear when every raised channel's likelihood falls below this (< raise_threshold).",
     )
     min_duration: int = Field(
-        2, ge=1, description="Consecutive readings at or above raise_threshold before the alert is raised."
+        1, ge=1, description="Consecutive readings at or above raise_threshold before the alert is raised."
     )
     ignore: list[str] = Field(
         default_factory=list,
@@ -71,6 +72,12 @@ class Tunables(BaseModel):
         True,
         description="A run of identical readings at least 8 long and more than twice as long as any the channel "
         "has shown before is anomalous (a stuck sensor).",
+    )
+    resolution_steps: float = Field(
+        1.0, ge=0,
+        description="A window is never normalized by a spread below this many steps of the channel's "
+        "resolution (the smallest change it has shown): a quantised sensor's flicker by one step is its "
+        "noise, not an anomaly. 0 disables.",
     )
     low_scores: bool = Field(
         True,

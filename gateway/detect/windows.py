@@ -88,15 +88,16 @@ class Scale(ScoreLikelihood):
         return self.values[self.end - n : self.end]
 
 
-def score_windows(scorer: Scorer, windows: list[np.ndarray]) -> np.ndarray:
-    """Normalize as the model's manifest says and score all windows in one model call."""
+def score_windows(scorer: Scorer, windows: list[np.ndarray], floors: list[float]) -> np.ndarray:
+    """Normalize as the model's manifest says, each window's spread at least its floor, and score
+    all windows in one model call."""
     W = scorer.window
     norm = scorer.normalization
     with np.errstate(over="ignore", invalid="ignore"):  # absurd readings: capped below
         sizes = list(map(len, windows))
         if sizes.count(sizes[0]) == len(sizes):  # past warm-up all windows have one length: one call
             block = np.concatenate(windows).reshape(len(windows), -1)
-            rows = norm.apply(block[:, :-W], block[:, -W:])
+            rows = norm.apply(block[:, :-W], block[:, -W:], np.array(floors))
         else:
             groups: dict[int, list[int]] = {}
             for i, size in enumerate(sizes):
@@ -104,7 +105,7 @@ def score_windows(scorer: Scorer, windows: list[np.ndarray]) -> np.ndarray:
             rows = np.empty((len(windows), W), dtype=np.float32)
             for size, idx in groups.items():
                 block = np.concatenate([windows[i] for i in idx]).reshape(len(idx), size)
-                rows[idx] = norm.apply(block[:, :-W], block[:, -W:])
+                rows[idx] = norm.apply(block[:, :-W], block[:, -W:], np.array(floors)[idx])
         # The model clips the window to +-clip and so cannot tell a window far outside the recent
         # range from one at its edge (a flat window at -clip even reconstructs well). What the clip
         # hides is added back as its squared excess, on the scale of the model's squared error.

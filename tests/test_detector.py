@@ -78,6 +78,19 @@ def test_ring_buffer_keeps_the_last_values_in_order() -> None:
     assert coarse.last_values(2).tolist() == [1.0, 4.0]
 
 
+def test_a_scale_holds_memory_for_the_values_it_has_not_for_its_whole_length() -> None:
+    cfg = DetectorSettings().resolve("d", "c")
+    sc = Scale(1, window=16, history=128, cfg=cfg)
+    assert len(sc.buf) == 0  # a channel heard once costs its coarse scales nothing yet
+    for x in range(3):
+        sc.add(float(x))
+    assert len(sc.buf) == 16  # a device heard 3 times: 16 values, not 144 + slack
+    for x in range(3, 1000):
+        sc.add(float(x))
+        assert sc.window().tolist() == [float(v) for v in range(max(0, x - 143), x + 1)]
+    assert len(sc.buf) == 144 + 32  # full: the length and the slack that the moves need
+
+
 def test_scorer_sees_windows_normalized_as_the_manifest_says() -> None:
     scorer = StubScorer(window=16, history=32)
     det = Detector(scorer, DetectorSettings(scales=[1]))

@@ -81,11 +81,7 @@ def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
 
 
 def _load_scale(scale: Scale, h: dict[str, Any], arrays: list[bytes], same_model: bool) -> None:
-    # Into this new, empty buffer: as if pushed one by one from position 0.
-    values = np.frombuffer(arrays[0], dtype=np.float64)[-scale.length :]
-    n = len(values)
-    scale.values[:n] = values
-    scale.end = n
+    scale.load_values(np.frombuffer(arrays[0], dtype=np.float64))
     scale.seen, scale.acc, scale.cnt = h["seen"], h["acc"], h["cnt"]
     if not same_model:
         return  # keep the values; relearn the new model's scores

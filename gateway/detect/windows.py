@@ -18,6 +18,7 @@ from gateway.detect.settings import Tunables
 
 _SCORE_CAP = 1e30  # scores are capped here: far beyond any alert, still finite
 _SLACK = 32  # buffer values past a scale's length: see Scale
+_FIRST = 16  # values a scale's buffer takes at its first value: it doubles as values arrive, up to its length
 
 
 class Scorer(Protocol):
@@ -35,7 +36,7 @@ class Scale(ScoreLikelihood):
     """One time scale of a channel: block means of k readings in a ring buffer, and (inherited)
     the anomaly likelihood state of the model's scores of those windows."""
 
-    __slots__ = ("acc", "buf", "cnt", "end", "k", "length", "seen", "values")
+    __slots__ = ("acc", "buf", "cnt", "end", "k", "length", "seen")
 
     def __init__(self, k: int, window: int, history: int, cfg: Tunables) -> None:
         super().__init__(cfg)
@@ -45,9 +46,10 @@ class Scale(ScoreLikelihood):
         # appended after each other, and once the slack past them is used up, the last ones move
         # to the front (a memmove every _SLACK values). A ring would need two slices per window,
         # a buffer of twice the length twice the memory. Written through the array (a Python
-        # float store, several times cheaper than numpy's), read through the view.
-        self.buf = array("d", bytes(8 * (self.length + _SLACK)))
-        self.values = np.frombuffer(self.buf, dtype=np.float64)
+        # float store, several times cheaper than numpy's), read through numpy views made when
+        # needed (a view kept would forbid the growth). It grows as values arrive: a device heard
+        # a few times costs a few values, not a full buffer per scale.
+        self.buf = array("d")
         self.end = 0
         self.seen = 0  # block means pushed
         self.acc = 0.0  # sum and count of the block being filled
@@ -69,9 +71,13 @@ class Scale(ScoreLikelihood):
         end = self.end
         buf = self.buf
         if end == len(buf):
-            keep = self.length - 1
-            buf[:keep] = buf[end - keep : end]
-            end = keep
+            full = self.length + _SLACK
+            if end < full:
+                buf.frombytes(bytes(8 * min(max(end, _FIRST), full - end)))
+            else:
+                keep = self.length - 1
+                buf[:keep] = buf[end - keep : end]
+                end = keep
         buf[end] = x
         self.end = end + 1
         self.seen += 1
@@ -80,12 +86,17 @@ class Scale(ScoreLikelihood):
     def window(self) -> np.ndarray:
         """A copy of all the values there are, up to `length`, oldest first: the window to score
         and its history. A copy, as a later reading in the same batch moves the buffer."""
-        end = self.end
-        return self.values[end - min(self.seen, self.length) : end].copy()
+        return self.last_values(min(self.seen, self.length)).copy()
 
     def last_values(self, n: int) -> np.ndarray:
         """The last n values (n <= length), oldest first, as a view."""
-        return self.values[self.end - n : self.end]
+        return np.frombuffer(self.buf, dtype=np.float64, count=n, offset=8 * (self.end - n))
+
+    def load_values(self, values: np.ndarray) -> None:
+        """Into this new, empty scale: its last values, oldest first (at most `length`), as if pushed."""
+        values = values[-self.length :]
+        self.buf = array("d", values.tobytes())
+        self.end = len(values)
 
 
 def score_windows(scorer: Scorer, windows: list[np.ndarray], floors: list[float]) -> np.ndarray:

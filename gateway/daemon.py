@@ -289,7 +289,7 @@ class Daemon:
         mono = time.monotonic()
         if mono - clock.last_flush > _STATE_FLUSH_S:
             clock.last_flush = mono
-            self.storage.attempt("detector state", self.detector.flush)
+            self.storage.attempt("detector state", lambda: self.detector.flush(complete=False))
         if mono - clock.last_tick <= _HOUSEKEEPING_S:
             return False
         # The watchdog ping comes from the processing loop, so a hung pipeline stops it and systemd restarts us.

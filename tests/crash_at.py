@@ -33,10 +33,10 @@ def install(point: str) -> None:
         alerted = True
         return publish_alert(self, *args, **kwargs)
 
-    def flush_or_die(self: Detector) -> None:
+    def flush_or_die(self: Detector, complete: bool = True) -> int:
         if point == "flush_after_alert" and alerted:
             _crash()
-        flush(self)
+        return flush(self, complete)
 
     MqttPublisher.publish_alert = publish_alert_then_maybe_die  # type: ignore[method-assign]
     Detector.flush = flush_or_die  # type: ignore[method-assign]

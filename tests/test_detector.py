@@ -334,6 +334,23 @@ def test_restart_from_the_store_continues_exactly(tmp_path: Path) -> None:
         assert a.transition == b.transition
 
 
+def test_a_periodic_flush_writes_a_channel_once_it_has_a_window_of_new_readings(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    det = Detector(StubScorer(), DetectorSettings(**FAST), store)
+    run(det, series(100))
+    assert det.flush(complete=False) == 1  # 100 new readings: written
+    run(det, series(15, seed=2), start=100)
+    assert det.flush(complete=False) == 0  # 15 new: the channel waits
+    run(det, series(1, seed=3), start=115)
+    assert det.flush(complete=False) == 1  # the 16th: written
+    run(det, series(3, seed=4), start=116)
+    assert det.flush() == 1  # a complete flush (an alert, a stop) writes whatever changed
+    assert det.flush(complete=False) == 0
+    # What a restart finds is what the last write held: 119 readings.
+    (ch,) = Detector(StubScorer(), DetectorSettings(**FAST), store)._devices["d1"].channels.values()
+    assert ch.seen == 119 and ch.saved == 119
+
+
 def test_raised_alert_survives_a_restart(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     det = Detector(StubScorer(), DetectorSettings(**FAST), store)

@@ -31,6 +31,7 @@ class Channel:
         "over",
         "raised",
         "run",
+        "saved",
         "scales",
         "seen",
         "step",
@@ -44,6 +45,7 @@ class Channel:
         self.lpos = 0
         self.scales = [Scale(base * s, window, history, cfg) for s in sorted(set(cfg.scales))]
         self.seen = 0
+        self.saved = 0  # `seen` when the channel was last written to the state database
         self.over = 0
         self.raised = False
         self.likelihood = 0.0

@@ -49,6 +49,7 @@ def decode_channel(ch: Channel, blob: bytes, model: str) -> None:
     if h["v"] != _STATE_VERSION:
         return
     ch.seen, ch.over, ch.raised, ch.likelihood = h["seen"], h["over"], h["raised"], h["likelihood"]
+    ch.saved = ch.seen
     ch.lo, ch.hi, ch.hold = h["range"]
     ch.last, ch.run, ch.longest, ch.changes, ch.step = h["runs"]
     for v in h["lag"][-len(ch.lag) :]:

@@ -1,5 +1,6 @@
-"""The resolution floor of the normalization, with the shipped model: a quantised sensor (a reading as Cayenne LPP carries
-it) changing by one step is its noise, not an anomaly; a real change of it still is."""
+"""The resolution floor of the normalization, with the shipped model: a quantised sensor (a reading
+as Cayenne LPP carries it) changing by one step is its noise, not an anomaly; a real change of it
+still is."""
 
 from __future__ import annotations
 
@@ -9,18 +10,18 @@ import numpy as np
 
 from bench.bench_faults import farm
 from gateway.detect.detector import Detector
+from gateway.detect.model_store import packaged_default_bundle
+from gateway.detect.scoring import OnnxScorer
 from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
 from gateway.uplink import lpp
-from gateway.detect.model_store import packaged_default_bundle
-from gateway.detect.scoring import OnnxScorer
 
 
-def lpp_rounded(values: np.ndarray, kind: str = "voltage") -> list[float]:
-    """Each value as it arrives over the air: through Cayenne LPP's resolution (voltage: 0.01 V)."""
+def lpp_rounded(values: np.ndarray) -> list[float]:
+    """Each value as it arrives over the air: through Cayenne LPP's voltage resolution, 0.01 V."""
     out = []
     for v in values:
-        (decoded,) = lpp.decode(lpp.encode([(3, kind, float(v))])).values()
+        (decoded,) = lpp.decode(lpp.encode([(3, "voltage", float(v))])).values()
         out.append(decoded)
     return out
 
@@ -28,8 +29,8 @@ def lpp_rounded(values: np.ndarray, kind: str = "voltage") -> list[float]:
 SCORER = OnnxScorer(packaged_default_bundle())
 
 
-def alerts(values: list[float], **settings: object) -> list[int]:
-    det = Detector(SCORER, DetectorSettings.model_validate(settings))
+def alerts(values: list[float]) -> list[int]:
+    det = Detector(SCORER, DetectorSettings())
     raised = []
     for i, v in enumerate(values):
         (out,) = det.observe([Reading("node", {"voltage_3": v}, i, -50.0, 9.0, 60.0 * i)])

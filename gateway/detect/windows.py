@@ -106,9 +106,10 @@ def score_windows(scorer: Scorer, windows: list[np.ndarray], floors: list[float]
     norm = scorer.normalization
     with np.errstate(over="ignore", invalid="ignore"):  # absurd readings: capped below
         sizes = list(map(len, windows))
+        floor = np.array(floors)
         if sizes.count(sizes[0]) == len(sizes):  # past warm-up all windows have one length: one call
             block = np.concatenate(windows).reshape(len(windows), -1)
-            rows = norm.apply(block[:, :-W], block[:, -W:], np.array(floors))
+            rows = norm.apply(block[:, :-W], block[:, -W:], floor)
         else:
             groups: dict[int, list[int]] = {}
             for i, size in enumerate(sizes):
@@ -116,7 +117,7 @@ def score_windows(scorer: Scorer, windows: list[np.ndarray], floors: list[float]
             rows = np.empty((len(windows), W), dtype=np.float32)
             for size, idx in groups.items():
                 block = np.concatenate([windows[i] for i in idx]).reshape(len(idx), size)
-                rows[idx] = norm.apply(block[:, :-W], block[:, -W:], np.array(floors)[idx])
+                rows[idx] = norm.apply(block[:, :-W], block[:, -W:], floor[idx])
         # The model clips the window to +-clip and so cannot tell a window far outside the recent
         # range from one at its edge (a flat window at -clip even reconstructs well). What the clip
         # hides is added back as its squared excess, on the scale of the model's squared error.

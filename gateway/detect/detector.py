@@ -107,6 +107,7 @@ class Detector:
         windows: list[np.ndarray] = []
         scored: list[Scale] = []  # the scale of each window
         floors: list[float] = []  # the least spread each window is normalized by: its channel's resolution
+        grids: list[float] = []  # the grid each window's values lie on: its channel's resolution per value
         n_windows = 0
         # Per value scored or flagged: (reading index, channel name, channel, the channel's reading
         # count then (the warm-up is judged per reading), flagged by the rules, end of its windows).
@@ -139,14 +140,19 @@ class Detector:
                     if scale.add(x) and scale.seen >= ready_at:
                         windows.append(scale.window())
                         scored.append(scale)
-                        # A mean of k readings quantised by one step flickers by about step / sqrt(k).
-                        floors.append(ch.step * ch.cfg.resolution_steps / math.sqrt(scale.k)
-                                      if ch.step < math.inf else 0.0)
+                        # A mean of k readings quantised by one step flickers by about step / sqrt(k),
+                        # and lies on a grid of step / k.
+                        if ch.step < math.inf:
+                            floors.append(ch.step * ch.cfg.resolution_steps / math.sqrt(scale.k))
+                            grids.append(ch.step / scale.k)
+                        else:
+                            floors.append(0.0)
+                            grids.append(0.0)
                         n_windows += 1
                 if flag or n_windows > first:
                     work.append((i, name, ch, seen, flag, n_windows))
 
-        scores: list[float] = score_windows(self.scorer, windows, floors).tolist() if windows else []
+        scores: list[float] = score_windows(self.scorer, windows, floors, grids).tolist() if windows else []
         outputs: list[DetectorOutput] = []
         j = w = 0
         n_work = len(work)

@@ -44,26 +44,58 @@ class Normalization:
         z = (x - m) / s
     The history excludes the window so that an anomaly inside the window does not hide
     itself by moving the statistics. The model clips z to [-clip, clip] itself.
+
+    Values on a grid of width g (a quantised sensor; the detector knows each channel's) take
+    both medians as medians of grouped data: each value spread evenly over its grid cell, the
+    median interpolated within the tied values. A plain median of 0.1-step readings with a
+    spread of 0.2 jumps between 0.1 and 0.2, halving or doubling every z at once; this one
+    moves smoothly. g = 0 (continuous values, and training) is the plain median.
     """
 
     history: int = 128
     clip: float = 8.0
     min_scale: float = 1e-6
 
-    def stats(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Location and scale of each row of `history` [..., H] (robust: median and MAD)."""
+    def stats(self, history: np.ndarray, grid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Location and scale of each row of `history` [..., H] (robust: median and MAD), of
+        values on a grid of width `grid` [...] where given (see the class)."""
         h = np.asarray(history, dtype=np.float64)
-        m = _median(h)
-        dev = np.abs(h - m[..., None])
-        s = MAD_TO_SIGMA * _median(dev)
+        if grid is None:
+            m = _median(h)
+            dev = np.abs(h - m[..., None])
+            s = MAD_TO_SIGMA * _median(dev)
+        else:
+            # The sorted values and their sorted deviations in one array, sorted in place: both grouped
+            # medians in one pass of calls (numpy's overhead per call is most of the cost of a small
+            # batch), and no large temporaries (each a fresh mmap and its page faults).
+            both = np.empty((2, *h.shape))
+            ordered, dev = both
+            ordered[...] = h
+            ordered.sort(axis=-1)
+            m = _sorted_median(ordered)
+            # Deviations from the plain median, which lies on the grid or halfway: they are on a grid too.
+            np.subtract(h, m[..., None], out=dev)
+            np.abs(dev, out=dev)
+            dev.sort(axis=-1)
+            mad = _sorted_median(dev)
+            # A grid finer than _FINE of the spread moves a grouped median by less than half a cell, a
+            # negligible part of the spread: those rows (every continuous sensor's) keep the plain one.
+            g = np.asarray(grid, dtype=np.float64)
+            coarse = g > _FINE * mad
+            if coarse.any():
+                m, mad = _grouped_median(both, np.where(coarse, g, 0.0), _LOWEST, np.stack([m, mad]))
+            s = MAD_TO_SIGMA * mad
         s = np.where(s > 0, s, MEAN_AD_TO_SIGMA * _mean(dev))
         s = np.maximum(s, self.min_scale * np.maximum(1.0, np.abs(m)))
         return m, s
 
-    def apply(self, history: np.ndarray, window: np.ndarray, floor: np.ndarray | None = None) -> np.ndarray:
+    def apply(
+        self, history: np.ndarray, window: np.ndarray, floor: np.ndarray | None = None, grid: np.ndarray | None = None
+    ) -> np.ndarray:
         """Normalize `window` [..., W] by the statistics of `history` [..., H], the scale at least
-        `floor` [...] where given (the detector's: a quantised sensor's resolution); float32."""
-        m, s = self.stats(history)
+        `floor` [...] where given (the detector's: a quantised sensor's resolution), the history
+        on a grid of width `grid` [...] where given (see the class); float32."""
+        m, s = self.stats(history, grid)
         if floor is not None:
             s = np.maximum(s, floor)
         return ((np.asarray(window, dtype=np.float64) - m[..., None]) / s[..., None]).astype(np.float32)
@@ -91,11 +123,45 @@ def _median(a: np.ndarray) -> np.ndarray:
     n = a.shape[-1]
     if n == 0:
         return np.median(a, axis=-1)  # NaN and its warning, as before
-    s = np.sort(a, axis=-1)
+    return _sorted_median(np.sort(a, axis=-1))
+
+
+def _sorted_median(s: np.ndarray) -> np.ndarray:
+    """`_median` of rows already sorted."""
+    n = s.shape[-1]
     # The middle one (odd n) or the mean of the middle two, as np.median takes them.
     m = _mean(s[..., (n - 1) // 2 : n // 2 + 1])
     nan = np.isnan(s[..., -1])  # NaN sorts last; np.median gives NaN for a row holding one
     return np.where(nan, np.nan, m)[()] if nan.any() else m  # [()]: a scalar for one row, as np.median
+
+
+# The lowest a grouped median's cells reach: none for a location, 0 for absolute deviations.
+_LOWEST = np.array([-np.inf, 0.0])
+_FINE = 1e-3
+
+
+def _grouped_median(s: np.ndarray, width: np.ndarray, lowest: np.ndarray, plain: np.ndarray) -> np.ndarray:
+    """The medians of sorted rows `s` [2, ..., n], their values on a grid of `width` [...], each
+    spread evenly over its cell, no cell of s[i] reaching below `lowest[i]`: within the cell of
+    the middle value, as far as the count of values below it says (the median of grouped data).
+    `plain` [2, ...] is the rows' plain median, which a width of 0 gives exactly."""
+    n = s.shape[-1]
+    v = s[..., (n - 1) // 2]
+    half = width / 2
+    lowest = lowest.reshape((2,) + (1,) * (v.ndim - 1))
+    # Values are a whole number of cells apart, so half a cell tells them apart despite rounding.
+    below = np.count_nonzero(s < (v - half)[..., None], axis=-1)
+    upto = np.count_nonzero(s <= (hi := v + half)[..., None], axis=-1)
+    lo = np.maximum(v - half, lowest)
+    median = lo + (hi - lo) * (n / 2 - below) / (upto - below)
+    if n % 2 == 0:
+        # Exactly half the values up to the middle cell: the median is anywhere in the gap to the next
+        # value; its middle, as the plain median takes it (and so equals it as the cells shrink to nothing).
+        median = np.where(upto == n // 2, (v + s[..., n // 2]) / 2, median)
+    # The middle value in the lowest cell (deviations: most values equal the median) says a held or
+    # constant signal, not noise read through a grid: the plain median, and the spread's fallback.
+    # A row holding NaN keeps its NaN.
+    return np.where((v > lowest) & ~np.isnan(plain), median, plain)
 
 
 def _mean(a: np.ndarray) -> np.ndarray:

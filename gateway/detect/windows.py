@@ -99,17 +99,18 @@ class Scale(ScoreLikelihood):
         self.end = len(values)
 
 
-def score_windows(scorer: Scorer, windows: list[np.ndarray], floors: list[float]) -> np.ndarray:
-    """Normalize as the model's manifest says, each window's spread at least its floor, and score
-    all windows in one model call."""
+def score_windows(scorer: Scorer, windows: list[np.ndarray], floors: list[float], grids: list[float]) -> np.ndarray:
+    """Normalize as the model's manifest says, each window's spread at least its floor, its values
+    on its grid (Normalization), and score all windows in one model call."""
     W = scorer.window
     norm = scorer.normalization
     with np.errstate(over="ignore", invalid="ignore"):  # absurd readings: capped below
         sizes = list(map(len, windows))
         floor = np.array(floors)
+        grid = np.array(grids)
         if sizes.count(sizes[0]) == len(sizes):  # past warm-up all windows have one length: one call
             block = np.concatenate(windows).reshape(len(windows), -1)
-            rows = norm.apply(block[:, :-W], block[:, -W:], floor)
+            rows = norm.apply(block[:, :-W], block[:, -W:], floor, grid)
         else:
             groups: dict[int, list[int]] = {}
             for i, size in enumerate(sizes):
@@ -117,7 +118,7 @@ def score_windows(scorer: Scorer, windows: list[np.ndarray], floors: list[float]
             rows = np.empty((len(windows), W), dtype=np.float32)
             for size, idx in groups.items():
                 block = np.concatenate([windows[i] for i in idx]).reshape(len(idx), size)
-                rows[idx] = norm.apply(block[:, :-W], block[:, -W:], floor[idx])
+                rows[idx] = norm.apply(block[:, :-W], block[:, -W:], floor[idx], grid[idx])
         # The model clips the window to +-clip and so cannot tell a window far outside the recent
         # range from one at its edge (a flat window at -clip even reconstructs well). What the clip
         # hides is added back as its squared excess, on the scale of the model's squared error.

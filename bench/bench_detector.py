@@ -44,23 +44,27 @@ class _ZeroScorer:
         return np.abs(windows[:, -1]).astype(np.float32)
 
 
-def _readings(devices: int, channels: int, n: int, seed: int = 1) -> list[Reading]:
+def _readings(devices: int, channels: int, n: int, seed: int = 1, step: float = 0.0) -> list[Reading]:
+    """Noise of spread 1 around 20; rounded to `step` (0.1: as Cayenne LPP carries a temperature)."""
     rng = np.random.default_rng(seed)
     names = ["temperature_1", "humidity_2", "current_3", "pressure_4", "vibration_5"][:channels]
     out = []
     for i in range(n):
-        values = {c: float(v) for c, v in zip(names, 20 + rng.normal(0, 1, channels))}
+        v = 20 + rng.normal(0, 1, channels)
+        if step:
+            v = np.round(v / step) * step
+        values = {c: float(x) for c, x in zip(names, v)}
         out.append(Reading(f"node{i % devices}", values, i, -60.0, 7.5, float(i)))
     return out
 
 
-def _steady_detector(scorer: object, devices: int, channels: int) -> Detector:
+def _steady_detector(scorer: object, devices: int, channels: int, step: float) -> Detector:
     """A detector whose every channel is past warm-up on every time scale, as in a long-running
     gateway: one device is fed until its coarsest scale judges likelihoods, and its persisted
     state is copied to the others (feeding 1,000 devices that far would take minutes)."""
     store = StateStore(Path(tempfile.mkdtemp()) / "state.db")
     template = Detector(scorer, DetectorSettings(), store)  # type: ignore[arg-type]
-    warm = _readings(1, channels, 3_000, seed=0)  # scale 16: 64 scores need (32 + 32 + 64) * 16 readings
+    warm = _readings(1, channels, 3_000, seed=0, step=step)  # scale 16: 64 scores need (32 + 32 + 64) * 16 readings
     for i in range(0, len(warm), 100):
         template.observe(warm[i : i + 100])
     template.flush()
@@ -72,9 +76,9 @@ def _steady_detector(scorer: object, devices: int, channels: int) -> Detector:
     return Detector(scorer, DetectorSettings(), store)  # type: ignore[arg-type]
 
 
-def observe_rate(scorer: object, devices: int, channels: int, batch: int, seconds: float) -> float:
-    det = _steady_detector(scorer, devices, channels)
-    stream = _readings(devices, channels, 20_000)
+def observe_rate(scorer: object, devices: int, channels: int, batch: int, seconds: float, step: float = 0.0) -> float:
+    det = _steady_detector(scorer, devices, channels, step)
+    stream = _readings(devices, channels, 20_000, step=step)
     pos = [0]
 
     def step() -> None:
@@ -109,13 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         base = base or r
         print(f"{b:>8}{r:>14,.0f}{r / base:>11.1f}x")
 
-    print("\nDetector.observe (steady state, buffers full)")
-    print(f"{'scorer':>8}{'devices':>9}{'channels':>10}{'batch':>7}{'readings/s':>13}{'values/s':>12}")
+    print("\nDetector.observe (steady state, buffers full; values exact, or in 0.1 steps: their medians grouped)")
+    print(f"{'scorer':>8}{'values':>8}{'devices':>9}{'channels':>10}{'batch':>7}{'readings/s':>13}{'values/s':>12}")
     zero = _ZeroScorer(W, scorer.normalization)
+    exact = ((1, 1, 1), *((1000, c, b) for c in (2, 3) for b in (1, 32, 128)))
+    stepped = ((1, 1, 1), (1000, 2, 1), (1000, 2, 128))
     for name, sc in (("onnx", scorer), ("none", zero)):
-        for devices, channels, batch in ((1, 1, 1), *((1000, c, b) for c in (2, 3) for b in (1, 32, 128))):
-            r = statistics.median(observe_rate(sc, devices, channels, batch, args.seconds) for _ in range(args.repeats))
-            print(f"{name:>8}{devices:>9}{channels:>10}{batch:>7}{r:>13,.0f}{r * channels:>12,.0f}")
+        for step, rows in ((0.0, exact), (0.1, stepped)):
+            for devices, channels, batch in rows:
+                r = statistics.median(observe_rate(sc, devices, channels, batch, args.seconds, step)
+                                      for _ in range(args.repeats))
+                print(f"{name:>8}{step or 'exact':>8}{devices:>9}{channels:>10}{batch:>7}{r:>13,.0f}{r * channels:>12,.0f}")
     return 0
 
 

@@ -44,7 +44,7 @@ class Tunables(BaseModel):
         description="Clear when every raised channel's likelihood falls below this (< raise_threshold).",
     )
     min_duration: int = Field(
-        1, ge=1, description="Consecutive readings at or above raise_threshold before the alert is raised."
+        2, ge=1, description="Consecutive readings at or above raise_threshold before the alert is raised."
     )
     ignore: list[str] = Field(
         default_factory=list,
@@ -74,10 +74,10 @@ class Tunables(BaseModel):
         "has shown before is anomalous (a stuck sensor).",
     )
     resolution_steps: float = Field(
-        1.0, ge=0,
+        0.0, ge=0,
         description="A window is never normalized by a spread below this many steps of the channel's "
-        "resolution (the smallest change it has shown): a quantised sensor's flicker by one step is its "
-        "noise, not an anomaly. 0 disables.",
+        "resolution (the smallest change it has shown). 0 disables: a quantised sensor's medians are "
+        "already taken as of grouped data; 1 quietens a sensor that rarely leaves one value.",
     )
     low_scores: bool = Field(
         True,

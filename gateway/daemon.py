@@ -39,7 +39,7 @@ from gateway.service.state import StateStore
 from gateway.service.storage import WRITE_ERRORS, DropLedger, GuardedCounters, StorageFaults
 from gateway.uplink.channel_limit import ChannelLimit
 from gateway.uplink.chirpstack import ChirpStackInput
-from gateway.uplink.devices import load_devices, session_keys
+from gateway.uplink.devices import load_devices, session_keys, telemetry_qos_overrides
 from gateway.uplink.lorawan import UplinkDecoder
 from gateway.uplink.pipeline import Pipeline
 from gateway.uplink.rejections import RejectionCounter
@@ -96,7 +96,7 @@ class Daemon:
         self.publisher = MqttPublisher(
             cfg.mqtt, cfg.gateway_id, self.info, Outbox(cfg.state_path, cfg.mqtt.outbox_cap), cfg.mqtt.telemetry_queue,
             announcements=self._discovery_configs,
-            device_qos={name: e.telemetry_qos for name, e in devices.items() if e.telemetry_qos is not None},
+            device_qos=telemetry_qos_overrides(devices),
         )
         self.drop_ledger = DropLedger(self.store, self.storage)
         if unreported := self.drop_ledger.unreported():
@@ -390,6 +390,7 @@ class Daemon:
             self._event({"type": "devices_reload_failed", "detail": str(e), "time": time.time()})
             return
         self.pipeline.decoder.reload(session_keys(devices))
+        self.publisher.set_device_qos(telemetry_qos_overrides(devices))
         self.availability.configured = {name: entry.period_s for name, entry in devices.items()}
         self.info["device_count"] = len(devices)
         self.publisher.publish_info(self.info)

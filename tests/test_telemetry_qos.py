@@ -4,6 +4,7 @@ against a real mosquitto."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -13,12 +14,17 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from firmware_sim.modules import EMULATORS
+from firmware_sim.pty_link import PtyModule
 from firmware_sim.simulation import Simulation
 from gateway.config import ConfigError, MqttConfig, load_config
 from gateway.publish.mqtt import MqttPublisher
 from gateway.publish.outbox import Outbox
 from gateway.publish.telemetry import telemetry_payload
 from gateway.records import Reading
+from gateway.uplink import lpp
+from gateway.uplink.devices import load_devices, session_keys
+from gateway.uplink.lorawan import build_uplink
 
 from .conftest import wait_serviced as _wait
 from .conftest import write_config
@@ -84,6 +90,40 @@ def test_telemetry_at_qos_0_by_default_and_1_where_the_devices_file_asks(
         # Everything else stays at QoS 1.
         for topic in ("lora-gateway/bridge/state", "lora-gateway/cold-room/availability"):
             assert qos_of(topic, recorder.messages) == {1}, topic
+    finally:
+        recorder.close()
+
+
+def test_sighup_applies_a_device_s_new_telemetry_qos_from_its_next_reading(
+        tmp_path: Path, broker, gateways, devices_file) -> None:
+    pump = {k.name: k for k in session_keys(load_devices(devices_file))}["pump-house"]
+    topic = "lora-gateway/pump-house"
+    recorder = QosRecorder(broker.port, "lora-gateway/#")
+
+    def heard(fcnt: int):
+        return lambda m: any(t == topic and json.loads(p)["fcnt"] == fcnt for t, _, p in m)
+
+    def qos_at(fcnt: int) -> int:
+        (q,) = {q for t, q, p in recorder.messages if t == topic and json.loads(p)["fcnt"] == fcnt}
+        return q
+
+    try:
+        with PtyModule(EMULATORS["rylr"]()) as module:
+            config = write_config(tmp_path / "config.toml", port=module.port, dialect="rylr", mqtt_port=broker.port,
+                                  devices_file=devices_file, state_path=tmp_path / "state.db")
+            gateway = gateways(config).start().wait_ready()
+            module.send_frame(build_uplink(pump, 1, 1, lpp.encode([(1, "temperature", 20.0)])), -80, 7)
+            recorder.wait_for(heard(1))
+            text = devices_file.read_text()
+            devices_file.write_text(text.replace("[devices.pump-house]\n", "[devices.pump-house]\ntelemetry_qos = 1\n"))
+            assert gateway.proc is not None
+            gateway.proc.send_signal(signal.SIGHUP)
+            recorder.wait_for(lambda m: any(t == "lora-gateway/bridge/event"
+                                            and json.loads(p)["type"] == "devices_reloaded" for t, _, p in m))
+            module.send_frame(build_uplink(pump, 2, 1, lpp.encode([(1, "temperature", 20.5)])), -80, 7)
+            recorder.wait_for(heard(2))
+            assert gateway.stop() == 0
+        assert (qos_at(1), qos_at(2)) == (0, 1)
     finally:
         recorder.close()
 

@@ -344,6 +344,10 @@ class MqttPublisher:
         if self.connected.is_set():
             self._send(self.topic("bridge/info"), to_json(info), qos=1, retain=True)
 
+    def set_device_qos(self, device_qos: dict[str, int]) -> None:
+        """Telemetry QoS by device afresh (SIGHUP re-read the devices file), from the next reading on."""
+        self._device_qos = dict(device_qos)
+
     def publish_state(self, device: str, payload: str) -> None:
         """A device's last reading (gateway.publish.telemetry.telemetry_payload), retained, at the
         device's telemetry QoS; a reconnect republishes the newest at QoS 1."""

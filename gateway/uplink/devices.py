@@ -48,6 +48,11 @@ class DevicesFile(BaseModel):
     devices: dict[str, DeviceEntry] = Field(default_factory=dict)
 
 
+def telemetry_qos_overrides(devices: dict[str, DeviceEntry]) -> dict[str, int]:
+    """The devices whose telemetry QoS differs from `[mqtt] telemetry_qos`, with theirs."""
+    return {name: e.telemetry_qos for name, e in devices.items() if e.telemetry_qos is not None}
+
+
 def load_devices(path: Path) -> dict[str, DeviceEntry]:
     if not path.exists():
         raise ConfigError(f"{path}: devices file not found (create one with: lora-gateway device add NAME)")

@@ -98,10 +98,11 @@ def test_scorer_sees_windows_normalized_as_the_manifest_says() -> None:
     run(det, x)
     # The first window is scored once a quarter of the history (8 values) precedes it.
     assert len(scorer.calls) == 100 - (16 + 8) + 1
+    kept = x.astype(np.float32)  # the values as a scale keeps them
     first = scorer.calls[0][0]
-    np.testing.assert_allclose(first, scorer.normalization.apply(x[:8], x[8:24]), rtol=1e-6)
+    np.testing.assert_allclose(first, scorer.normalization.apply(kept[:8], kept[8:24]), rtol=1e-6)
     last = scorer.calls[-1][0]
-    np.testing.assert_allclose(last, scorer.normalization.apply(x[100 - 48 : 100 - 16], x[-16:]), rtol=1e-6)
+    np.testing.assert_allclose(last, scorer.normalization.apply(kept[100 - 48 : 100 - 16], kept[-16:]), rtol=1e-6)
 
 
 def test_window_multiple_of_the_models_averages_groups() -> None:
@@ -109,7 +110,7 @@ def test_window_multiple_of_the_models_averages_groups() -> None:
     det = Detector(scorer, DetectorSettings(window=32, scales=[1]))
     x = series(200)
     run(det, x)
-    g = x[-96:].reshape(48, 2).mean(axis=1)
+    g = x[-96:].reshape(48, 2).mean(axis=1).astype(np.float32)  # block means, kept as float32
     np.testing.assert_allclose(scorer.calls[-1][0], scorer.normalization.apply(g[:32], g[32:]), rtol=1e-5)
     assert len(scorer.calls) == 100 - (16 + 8) + 1  # one window per block of 2 readings
     with pytest.raises(ValueError, match="multiple"):
@@ -121,7 +122,7 @@ def test_coarse_scale_scores_block_means_every_k_readings() -> None:
     det = Detector(scorer, DetectorSettings(scales=[1, 4]))
     x = series(400)
     run(det, x)
-    g = x.reshape(100, 4).mean(axis=1)
+    g = x.reshape(100, 4).mean(axis=1).astype(np.float32)
     assert scorer.calls[-1].shape == (2, 16)  # reading 400 completes a block: both scales, one call
     np.testing.assert_allclose(scorer.calls[-1][1], scorer.normalization.apply(g[-48:-16], g[-16:]), rtol=1e-5)
     assert sum(len(c) for c in scorer.calls) == (400 - 23) + (100 - 23)
@@ -158,6 +159,14 @@ def test_absurd_readings_do_not_poison_the_statistics() -> None:
     assert outs[401].score == 1.0 and outs[401].alert_state == "raised"
     assert all(math.isfinite(o.score) for o in outs)
     assert outs[-1].alert_state == "ok" and 0 <= outs[-1].score < 0.5  # and it recovers
+
+
+def test_a_value_beyond_float32_is_kept_at_its_edge_not_as_inf() -> None:
+    sc = Scale(1, window=4, history=6, cfg=DetectorSettings().resolve("d", "c"))
+    for x in (1e300, -1e300, 21.5):
+        sc.add(x)
+    edge = float(np.finfo(np.float32).max)
+    assert sc.last_values(3).tolist() == [edge, -edge, 21.5]
 
 
 def test_ignored_and_non_finite_values_are_not_scored() -> None:

@@ -1,13 +1,21 @@
-"""State saved with three time scales loads into a detector configured with two (a changed `scales`)."""
+"""State saved by another configuration or an older version loads and continues: three time
+scales into a detector configured with two (a changed `scales`), a version 1 record (float64
+values) into the float32 scales."""
 
 from __future__ import annotations
 
+import json
+import math
+import struct
 from pathlib import Path
 
+import numpy as np
+
 from gateway.detect.detector import Detector
+from gateway.detect.persistence import STATE_NAMESPACE
 from gateway.detect.settings import DetectorSettings
 from gateway.service.state import StateStore
-from tests.test_detector import FAST, StubScorer, run, spike_series
+from tests.test_detector import FAST, StubScorer, run, series, spike_series
 
 
 def test_state_of_three_scales_continues_on_two(tmp_path: Path) -> None:
@@ -30,3 +38,60 @@ def test_state_of_three_scales_continues_on_two(tmp_path: Path) -> None:
     assert [o.scores for o in after] == [o.scores for o in straight]
     assert [o.likelihood for o in after] == [o.likelihood for o in straight]
     assert any(o.transition for o in after)  # the fault after the restart still raises
+
+
+def version_1(record: bytes, newest: float | None = None) -> bytes:
+    """The record version 1 wrote for the same state: its header saying so, each scale's values as
+    float64. `newest`: the finest scale's newest value instead (one version 1 kept unrounded)."""
+    (n,) = struct.unpack_from("<I", record)
+    header = json.loads(record[4 : 4 + n])
+    assert header["v"] == 2
+    header["v"] = 1
+    arrays, off = [], 4 + n
+    for scale in header["scales"]:
+        values_size, recent_size = scale["n"]
+        values = np.frombuffer(record, dtype="<f4", count=values_size // 4, offset=off).astype("<f8")
+        if newest is not None and scale["k"] == 1:
+            values[-1] = newest
+        off += values_size
+        arrays += [values.tobytes(), record[off : off + recent_size]]
+        off += recent_size
+        scale["n"] = [values.nbytes, recent_size]
+    encoded = json.dumps(header).encode()
+    return struct.pack("<I", len(encoded)) + encoded + b"".join(arrays)
+
+
+def saved_as_version_1(tmp_path: Path, x: np.ndarray, newest: float | None = None) -> StateStore:
+    """A state database as a gateway of version 1 left it after x."""
+    store = StateStore(tmp_path / "state.db")
+    det = Detector(StubScorer(), DetectorSettings(**FAST), store)
+    run(det, x)
+    det.flush()
+    records = store.blobs(STATE_NAMESPACE)
+    store.put_blobs(STATE_NAMESPACE, {
+        key: version_1(blob, newest) if len(json.loads(key)) == 2 else blob for key, blob in records.items()
+    })
+    store.close()
+    return StateStore(tmp_path / "state.db")
+
+
+def test_a_version_1_record_of_float64_values_continues_as_if_never_saved(tmp_path: Path) -> None:
+    x = spike_series(1200, at=1000)
+    migrated = Detector(StubScorer(), DetectorSettings(**FAST), saved_as_version_1(tmp_path, x[:900]))
+    straight = Detector(StubScorer(), DetectorSettings(**FAST))
+    run(straight, x[:900])
+    (ch,) = migrated._devices["d1"].channels.values()
+    assert ch.seen == 900 and ch.scales[0].buf.typecode == "f"
+    after, kept = run(migrated, x[900:], start=900), run(straight, x[900:], start=900)
+    # float64 values that came from float32 ones round back to them: nothing learned is lost.
+    assert [o.scores for o in after] == [o.scores for o in kept]
+    assert [o.likelihood for o in after] == [o.likelihood for o in kept]
+    assert any(o.transition for o in after)
+
+
+def test_a_version_1_value_beyond_float32_loads_at_its_edge(tmp_path: Path) -> None:
+    x = series(1000)
+    migrated = Detector(StubScorer(), DetectorSettings(**FAST), saved_as_version_1(tmp_path, x[:900], newest=1e300))
+    (ch,) = migrated._devices["d1"].channels.values()
+    assert ch.scales[0].last_values(1).tolist() == [float(np.finfo(np.float32).max)]
+    assert all(math.isfinite(o.score) for o in run(migrated, x[900:], start=900))

@@ -2,9 +2,13 @@
 
 One record per channel, key `["<device>","<channel>"]`: a little-endian u32 header length, a
 JSON header (the channel's rules and alert state, one entry per time scale), then each scale's
-arrays, oldest first: its values and its recent log-scores, as float64. One record per device,
-key `["<device>"]`: its alert state, as JSON. The same encoding carries a channel across a
-model reload; score histories are kept only for the model that made them.
+arrays, oldest first: its values, as float32, and its recent log-scores, as float64. One record
+per device, key `["<device>"]`: its alert state, as JSON. The same encoding carries a channel
+across a model reload; score histories are kept only for the model that made them.
+
+Version 2 (`"v"` in the header); version 1, before a scale kept its values as float32, had them
+as float64 and is read as well, the values rounded as the scale rounds them (an upgraded gateway
+keeps what it learned). A record of a later version is ignored: that channel starts afresh.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from gateway.service.state import StateStore
 log = logging.getLogger(__name__)
 
 STATE_NAMESPACE = "detector"
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_VALUE_DTYPES = {1: np.float64, 2: np.float32}  # a scale's values in a record of each version
 
 
 def encode_channel(ch: Channel, model: str) -> bytes:
@@ -46,7 +51,8 @@ def decode_channel(ch: Channel, blob: bytes, model: str) -> None:
     """Into a new channel: as if it had seen the readings itself (under `model`)."""
     (n,) = struct.unpack_from("<I", blob)
     h = json.loads(blob[4 : 4 + n])
-    if h["v"] != _STATE_VERSION:
+    value_dtype = _VALUE_DTYPES.get(h["v"])
+    if value_dtype is None:
         return
     ch.seen, ch.over, ch.raised, ch.likelihood = h["seen"], h["over"], h["raised"], h["likelihood"]
     ch.saved = ch.seen
@@ -64,7 +70,7 @@ def decode_channel(ch: Channel, blob: bytes, model: str) -> None:
             off += size
         scale = by_k.get(sh["k"])
         if scale is not None:  # a scale no longer configured is dropped; a new one starts empty
-            _load_scale(scale, sh, arrays, h["model"] == model)
+            _load_scale(scale, sh, arrays, h["model"] == model, value_dtype)
 
 
 def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
@@ -81,8 +87,10 @@ def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
     return header, [values, recent.tobytes()]
 
 
-def _load_scale(scale: Scale, h: dict[str, Any], arrays: list[bytes], same_model: bool) -> None:
-    scale.load_values(np.frombuffer(arrays[0], dtype=np.float64))
+def _load_scale(
+    scale: Scale, h: dict[str, Any], arrays: list[bytes], same_model: bool, value_dtype: type[np.floating]
+) -> None:
+    scale.load_values(np.frombuffer(arrays[0], dtype=value_dtype))
     scale.seen, scale.acc, scale.cnt = h["seen"], h["acc"], h["cnt"]
     if not same_model:
         return  # keep the values; relearn the new model's scores

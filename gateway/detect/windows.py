@@ -19,6 +19,10 @@ from gateway.detect.settings import Tunables
 _SCORE_CAP = 1e30  # scores are capped here: far beyond any alert, still finite
 _SLACK = 32  # buffer values past a scale's length: see Scale
 _FIRST = 16  # values a scale's buffer takes at its first value: it doubles as values arrive, up to its length
+# Values are kept as float32, half the memory of float64 and what the model takes anyway: a Cayenne
+# LPP reading (16 bits at a fixed resolution) and a mean of a few are within its 7 digits. Beyond its
+# range a value would become inf, and inf - inf a NaN in the window's statistics: stored at the edge.
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class Scorer(Protocol):
@@ -49,7 +53,7 @@ class Scale(ScoreLikelihood):
         # float store, several times cheaper than numpy's), read through numpy views made when
         # needed (a view kept would forbid the growth). It grows as values arrive: a device heard
         # a few times costs a few values, not a full buffer per scale.
-        self.buf = array("d")
+        self.buf = array("f")
         self.end = 0
         self.seen = 0  # block means pushed
         self.acc = 0.0  # sum and count of the block being filled
@@ -73,11 +77,15 @@ class Scale(ScoreLikelihood):
         if end == len(buf):
             full = self.length + _SLACK
             if end < full:
-                buf.frombytes(bytes(8 * min(max(end, _FIRST), full - end)))
+                buf.frombytes(bytes(4 * min(max(end, _FIRST), full - end)))
             else:
                 keep = self.length - 1
                 buf[:keep] = buf[end - keep : end]
                 end = keep
+        if x > _F32_MAX:
+            x = _F32_MAX
+        elif x < -_F32_MAX:
+            x = -_F32_MAX
         buf[end] = x
         self.end = end + 1
         self.seen += 1
@@ -89,13 +97,14 @@ class Scale(ScoreLikelihood):
         return self.last_values(min(self.seen, self.length)).copy()
 
     def last_values(self, n: int) -> np.ndarray:
-        """The last n values (n <= length), oldest first, as a view."""
-        return np.frombuffer(self.buf, dtype=np.float64, count=n, offset=8 * (self.end - n))
+        """The last n values (n <= length), oldest first, as a float32 view."""
+        return np.frombuffer(self.buf, dtype=np.float32, count=n, offset=4 * (self.end - n))
 
     def load_values(self, values: np.ndarray) -> None:
-        """Into this new, empty scale: its last values, oldest first (at most `length`), as if pushed."""
-        values = values[-self.length :]
-        self.buf = array("d", values.tobytes())
+        """Into this new, empty scale: its last values, oldest first (at most `length`), as if pushed
+        (float64 ones, of a record from before float32, rounded and kept in range as `add` does)."""
+        values = np.clip(values[-self.length :], -_F32_MAX, _F32_MAX).astype(np.float32)
+        self.buf = array("f", values.tobytes())
         self.end = len(values)
 
 
@@ -108,8 +117,9 @@ def score_windows(scorer: Scorer, windows: list[np.ndarray], floors: list[float]
         sizes = list(map(len, windows))
         floor = np.array(floors)
         grid = np.array(grids)
+        # The float32 values are widened once, here, for the normalization's float64 arithmetic.
         if sizes.count(sizes[0]) == len(sizes):  # past warm-up all windows have one length: one call
-            block = np.concatenate(windows).reshape(len(windows), -1)
+            block = np.concatenate(windows, dtype=np.float64).reshape(len(windows), -1)
             rows = norm.apply(block[:, :-W], block[:, -W:], floor, grid)
         else:
             groups: dict[int, list[int]] = {}
@@ -117,7 +127,7 @@ def score_windows(scorer: Scorer, windows: list[np.ndarray], floors: list[float]
                 groups.setdefault(size, []).append(i)
             rows = np.empty((len(windows), W), dtype=np.float32)
             for size, idx in groups.items():
-                block = np.concatenate([windows[i] for i in idx]).reshape(len(idx), size)
+                block = np.concatenate([windows[i] for i in idx], dtype=np.float64).reshape(len(idx), size)
                 rows[idx] = norm.apply(block[:, :-W], block[:, -W:], floor[idx], grid[idx])
         # The model clips the window to +-clip and so cannot tell a window far outside the recent
         # range from one at its edge (a flat window at -clip even reconstructs well). What the clip

@@ -246,6 +246,16 @@ def test_a_drift_is_measured_against_where_the_channel_was() -> None:
     assert any(flags[:4]) and all(flags[4:])
 
 
+def test_a_channel_heard_a_few_times_holds_only_those_readings_for_its_range() -> None:
+    ch = channel(range_tolerance=0.1)  # the range lags by 4 readings
+    for x in (1.0, 2.0, 3.0):
+        ch.rules(x, hold=1)
+    assert ch.lag.tolist() == [1.0, 2.0, 3.0] and (ch.lo, ch.hi) == (math.inf, -math.inf)
+    for x in (4.0, 5.0, 6.0):
+        ch.rules(x, hold=1)
+    assert sorted(ch.lag) == [3.0, 4.0, 5.0, 6.0] and (ch.lo, ch.hi) == (1.0, 2.0)
+
+
 def test_a_run_of_identical_readings_longer_than_usual_is_stuck() -> None:
     ch = channel(range_tolerance=0)
     rng = np.random.default_rng(3)

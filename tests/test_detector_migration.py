@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gateway.detect.detector import Detector
 from gateway.detect.persistence import STATE_NAMESPACE
@@ -41,12 +42,14 @@ def test_state_of_three_scales_continues_on_two(tmp_path: Path) -> None:
 
 
 def version_1(record: bytes, newest: float | None = None) -> bytes:
-    """The record version 1 wrote for the same state: its header saying so, each scale's values as
-    float64. `newest`: the finest scale's newest value instead (one version 1 kept unrounded)."""
+    """The record version 1 wrote for the same state: its header saying so, the range's lag a whole
+    window (NaN where not yet filled), each scale's values as float64. `newest`: the finest scale's
+    newest value instead (one version 1 kept unrounded)."""
     (n,) = struct.unpack_from("<I", record)
     header = json.loads(record[4 : 4 + n])
     assert header["v"] == 2
     header["v"] = 1
+    header["lag"] = [math.nan] * (StubScorer().window - len(header["lag"])) + header["lag"]
     arrays, off = [], 4 + n
     for scale in header["scales"]:
         values_size, recent_size = scale["n"]
@@ -75,14 +78,16 @@ def saved_as_version_1(tmp_path: Path, x: np.ndarray, newest: float | None = Non
     return StateStore(tmp_path / "state.db")
 
 
-def test_a_version_1_record_of_float64_values_continues_as_if_never_saved(tmp_path: Path) -> None:
+@pytest.mark.parametrize("saved", [10, 900])  # heard less than a window, and long past the warm-up
+def test_a_version_1_record_of_float64_values_continues_as_if_never_saved(tmp_path: Path, saved: int) -> None:
     x = spike_series(1200, at=1000)
-    migrated = Detector(StubScorer(), DetectorSettings(**FAST), saved_as_version_1(tmp_path, x[:900]))
+    migrated = Detector(StubScorer(), DetectorSettings(**FAST), saved_as_version_1(tmp_path, x[:saved]))
     straight = Detector(StubScorer(), DetectorSettings(**FAST))
-    run(straight, x[:900])
+    run(straight, x[:saved])
     (ch,) = migrated._devices["d1"].channels.values()
-    assert ch.seen == 900 and ch.scales[0].buf.typecode == "f"
-    after, kept = run(migrated, x[900:], start=900), run(straight, x[900:], start=900)
+    assert ch.seen == saved and ch.scales[0].buf.typecode == "f"
+    assert len(ch.lag) == min(saved, StubScorer().window)  # the lag's unfilled slots are not carried
+    after, kept = run(migrated, x[saved:], start=saved), run(straight, x[saved:], start=saved)
     # float64 values that came from float32 ones round back to them: nothing learned is lost.
     assert [o.scores for o in after] == [o.scores for o in kept]
     assert [o.likelihood for o in after] == [o.likelihood for o in kept]

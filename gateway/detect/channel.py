@@ -23,6 +23,7 @@ class Channel:
         "hi",
         "hold",
         "lag",
+        "lag_length",
         "last",
         "likelihood",
         "lo",
@@ -40,8 +41,10 @@ class Channel:
     def __init__(self, cfg: Tunables, base: int, window: int, history: int) -> None:
         self.cfg = cfg
         # The range takes a reading in only `window` readings later, so that a drift is measured
-        # against where the channel was, not against where it has drifted to.
-        self.lag = array("d", [math.nan] * window)
+        # against where the channel was, not against where it has drifted to. The readings wait
+        # here: appended up to `window` (a device heard a few times costs a few), then a ring.
+        self.lag = array("d")
+        self.lag_length = window
         self.lpos = 0
         self.scales = [Scale(base * s, window, history, cfg) for s in sorted(set(cfg.scales))]
         self.seen = 0
@@ -65,8 +68,7 @@ class Channel:
         window, so that the alert it raises does not clear at the next ordinary reading.
         """
         # Once per reading: locals and comparisons instead of min/max calls. Each comparison keeps
-        # the old value exactly where min/max would (they keep the first argument against NaN, a
-        # lag slot not yet filled).
+        # the old value exactly where min/max would.
         cfg = self.cfg
         tol = cfg.range_tolerance
         if tol > 0:
@@ -79,14 +81,17 @@ class Channel:
             if margin > 0 and (x > hi + margin or x < lo - margin):
                 self.hold = hold
             lag = self.lag
-            lpos = self.lpos
-            old = lag[lpos]
-            lag[lpos] = x
-            self.lpos = lpos + 1 if lpos + 1 < len(lag) else 0
-            if old < lo:
-                self.lo = old
-            if old > hi:
-                self.hi = old
+            if len(lag) < self.lag_length:
+                lag.append(x)  # nothing leaves the lag yet
+            else:
+                lpos = self.lpos
+                old = lag[lpos]
+                lag[lpos] = x
+                self.lpos = lpos + 1 if lpos + 1 < len(lag) else 0
+                if old < lo:
+                    self.lo = old
+                if old > hi:
+                    self.hi = old
         run = self.run
         if x == self.last:
             run += 1

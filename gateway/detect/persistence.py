@@ -7,8 +7,9 @@ per device, key `["<device>"]`: its alert state, as JSON. The same encoding carr
 across a model reload; score histories are kept only for the model that made them.
 
 Version 2 (`"v"` in the header); version 1, before a scale kept its values as float32, had them
-as float64 and is read as well, the values rounded as the scale rounds them (an upgraded gateway
-keeps what it learned). A record of a later version is ignored: that channel starts afresh.
+as float64 (and the range's lag a whole window, NaN where not yet filled) and is read as well, the
+values rounded as the scale rounds them (an upgraded gateway keeps what it learned). A record of a
+later version is ignored: that channel starts afresh.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import struct
 from array import array
 from collections.abc import Callable, Iterable
@@ -58,9 +60,8 @@ def decode_channel(ch: Channel, blob: bytes, model: str) -> None:
     ch.saved = ch.seen
     ch.lo, ch.hi, ch.hold = h["range"]
     ch.last, ch.run, ch.longest, ch.changes, ch.step = h["runs"]
-    for v in h["lag"][-len(ch.lag) :]:
-        ch.lag[ch.lpos] = v
-        ch.lpos = (ch.lpos + 1) % len(ch.lag)
+    # Oldest first; a version 1 record holds NaN for each slot not yet filled.
+    ch.lag = array("d", [v for v in h["lag"] if not math.isnan(v)][-ch.lag_length :])
     by_k = {s.k: s for s in ch.scales}
     off = 4 + n
     for sh in h["scales"]:

@@ -34,3 +34,14 @@ def test_a_database_made_before_keeps_its_pages_and_its_counters(tmp_path: Path)
     assert store.frame_counters() == {1: 42}
     store.close()
     assert sqlite3.connect(tmp_path / "state.db").execute("PRAGMA page_size").fetchone() == (4096,)
+
+
+def test_blobs_are_read_a_page_at_a_time_in_key_order_and_all_of_them(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    values = {"": b"empty key", **{f'["dev-{i:03d}","t"]': bytes([i]) * 3 for i in range(7)}}
+    store.put_blobs("detector", values)
+    store.put_blobs("other", {"x": b"not this namespace"})
+    for page in (1, 2, 7, 8, 256):
+        assert list(store.iter_blobs("detector", page)) == sorted(values.items()), page
+    assert store.blobs("detector") == values
+    assert list(store.iter_blobs("none")) == []

@@ -122,7 +122,7 @@ def load(
     store: StateStore, model: str, devices: dict[str, Device], new_channel: Callable[[str, str], Channel | None]
 ) -> None:
     """Read every record into `devices`; `new_channel` makes each channel (None: the channel is ignored)."""
-    for key, blob in store.blobs(STATE_NAMESPACE).items():
+    for key, blob in store.iter_blobs(STATE_NAMESPACE):
         try:
             parts = json.loads(key)
             dev = devices.setdefault(parts[0], Device())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 PAGE_SIZE = 1024
@@ -122,11 +122,23 @@ class StateStore:
                 raise
 
     def blobs(self, namespace: str) -> dict[str, bytes]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT key, value FROM blobs WHERE namespace = ?", (namespace,)
-            ).fetchall()
-        return {k: bytes(v) for k, v in rows}
+        return dict(self.iter_blobs(namespace))
+
+    def iter_blobs(self, namespace: str, page: int = 256) -> Iterator[tuple[str, bytes]]:
+        """(key, value) in key order, read a page at a time: the detector's records of 10,000
+        devices (66 MB) are never all in memory at once beside what they are decoded into."""
+        after: str | None = None
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT key, value FROM blobs WHERE namespace = ?1 AND (?2 IS NULL OR key > ?2) "
+                    "ORDER BY key LIMIT ?3",
+                    (namespace, after, page),
+                ).fetchall()
+            yield from ((k, bytes(v)) for k, v in rows)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     def close(self) -> None:
         with self._lock:

@@ -8,7 +8,9 @@ node gets one fault of every kind after the detector's warm-up, at its own time.
 (rounded through Cayenne LPP as on the wire) go through the daemon's detector with the shipped
 model and default settings. An alert counts for a fault when it is raised on that device, with
 the faulty channel among its channels, between the fault's start and its end plus a grace of
-five reporting periods. Alerts matching no fault are false alerts.
+five reporting periods. Alerts matching no fault are false alerts; they are split by what came
+before them on their node: no fault yet, or the end of a fault (on one of its channels or another),
+less than 2 hours, 2 to 6 hours or more than 6 hours before.
 """
 
 from __future__ import annotations
@@ -117,7 +119,23 @@ def evaluate(labels: list[Label], alerts: list[dict[str, Any]], period_s: float)
             a = alerts[k]
             if a["device"] == node and start <= a["t"] <= end + grace:
                 matched_alerts.add(k)  # an alert during a fault is not a false alarm, whatever channel
-    return {"per_kind": per_kind, "alerts": len(alerts), "false_alerts": len(alerts) - len(matched_alerts)}
+    false_after: dict[str, int] = defaultdict(int)
+    for k, a in enumerate(alerts):
+        if k not in matched_alerts:
+            false_after[_after_what(a, labels)] += 1
+    return {"per_kind": per_kind, "alerts": len(alerts), "false_alerts": len(alerts) - len(matched_alerts),
+            "false_after": dict(false_after)}
+
+
+def _after_what(alert: dict[str, Any], labels: list[Label]) -> str:
+    """What came before a false alert on its node: no fault, or the end of the last fault, how long before."""
+    ended = [label for label in labels if label.node == alert["device"] and label.end_s < alert["t"]]
+    if not ended:
+        return "no fault before"
+    last = max(ended, key=lambda label: label.end_s)
+    hours = (alert["t"] - last.end_s) / 3600
+    when = "< 2 h" if hours < 2 else "2-6 h" if hours < 6 else "> 6 h"
+    return f"{when} after a fault, {'its' if last.channel in alert['channels'] else 'another'} channel"
 
 
 def main() -> int:
@@ -132,6 +150,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-faults-"))
     totals: dict[str, dict[str, Any]] = {k: {"faults": 0, "detected": 0, "delays_s": []} for k in KINDS}
     alerts = false_alerts = readings = 0
+    false_after: dict[str, int] = defaultdict(int)
     node_days = 0
     for seed in range(args.seeds):
         labels, raised, n = run_seed(seed, args.days, scorer, workdir, settings)
@@ -139,6 +158,8 @@ def main() -> int:
         readings += n
         alerts += result["alerts"]
         false_alerts += result["false_alerts"]
+        for what, count in result["false_after"].items():
+            false_after[what] += count
         node_days += 4 * args.days
         for kind, r in result["per_kind"].items():
             totals[kind]["faults"] += r["faults"]
@@ -157,9 +178,12 @@ def main() -> int:
     precision = (alerts - false_alerts) / alerts if alerts else float("nan")
     print(f"\nalerts raised {alerts}, false {false_alerts}: precision {precision:.2f}; "
           f"{false_alerts / node_days:.2f} false alerts per node-day")
+    print("false alerts by what came before them on their node: "
+          + "; ".join(f"{what} {count}" for what, count in sorted(false_after.items())))
     if args.json:
         args.json.write_text(json.dumps({"per_kind": totals, "alerts": alerts, "false_alerts": false_alerts,
-                                         "precision": precision, "readings": readings}, indent=2))
+                                         "false_after": false_after, "precision": precision, "readings": readings},
+                                        indent=2))
     return 0
 
 

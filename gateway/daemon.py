@@ -92,7 +92,7 @@ class Daemon:
         }
         self.discovery = Discovery(cfg.gateway_id, cfg.mqtt.base_topic, cfg.mqtt.discovery_prefix, __version__)
         self._channels: dict[str, frozenset[str]] = {}  # device -> channels announced to Home Assistant
-        self.channel_limit = ChannelLimit(cfg.max_channels_per_device)
+        self.channel_limit = ChannelLimit(cfg.max_channels_per_device, self.detector.known_channels())
         self.publisher = MqttPublisher(
             cfg.mqtt, cfg.gateway_id, self.info, Outbox(cfg.state_path, cfg.mqtt.outbox_cap), cfg.mqtt.telemetry_queue,
             announcements=self._discovery_configs,

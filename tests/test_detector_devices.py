@@ -14,6 +14,8 @@ from gateway.commands.detect import Row
 from gateway.detect.detector import Detector
 from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
+from gateway.service.state import StateStore
+from gateway.uplink.channel_limit import ChannelLimit
 from tests.test_detector import FAST, StubScorer, series
 
 
@@ -113,3 +115,17 @@ def test_the_newest_alert_id_survives_a_restart(tmp_path: Path) -> None:
     after = feed(again, x, 530)
     (cleared,) = [o.transition for o in after if o.transition]
     assert cleared.state == "cleared" and cleared.id == raises[1].id != raises[0].id
+
+
+def test_a_restart_keeps_the_channel_cap_shut_from_the_detector_s_saved_channels(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    det = Detector(StubScorer(), DetectorSettings(), store)
+    det.observe([Reading("node", {f"analog_input_{c}": 1.0 for c in range(3)}, 1, -80.0, 7.0, 60.0)])
+    det.flush()
+    restarted = Detector(StubScorer(), DetectorSettings(), StateStore(tmp_path / "state.db"))
+    assert {d: sorted(c) for d, c in restarted.known_channels().items()} == {
+        "node": ["analog_input_0", "analog_input_1", "analog_input_2"]}
+    limit = ChannelLimit(3, restarted.known_channels())
+    kept, rejection = limit.apply(Reading("node", {"analog_input_0": 2.0, "analog_input_9": 2.0}, 2, -80.0, 7.0, 120.0))
+    assert kept is not None and set(kept.values) == {"analog_input_0"}
+    assert rejection is not None and rejection.reason == "too_many_channels"

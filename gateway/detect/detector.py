@@ -215,6 +215,10 @@ class Detector:
             outputs.append(out)
         return outputs
 
+    def known_channels(self) -> dict[str, list[str]]:
+        """Every device's channels, scored or ignored, as heard or loaded from the state database."""
+        return {device: [*dev.channels, *dev.ignored] for device, dev in self._devices.items()}
+
     def raised_channels(self, device: str) -> list[str]:
         """The device's channels in alert now: the channels that moved."""
         dev = self._devices.get(device)

@@ -3,20 +3,24 @@
 Each channel costs detector state (about 12 KB), a Home Assistant entity and its discovery
 message, so a node that sends new channel names frame after frame would grow the process and
 crowd out every other device's telemetry. Past the cap, a reading keeps the channels its
-device already has and loses the new ones, counted as `too_many_channels`.
+device already has and loses the new ones, counted as `too_many_channels`. The channels a device
+has are given at start from the detector's saved state, so that a restart does not open the cap
+again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from gateway.records import Reading, Rejected
 
 
 class ChannelLimit:
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, known: Mapping[str, Iterable[str]] | None = None) -> None:
+        """`known`: the channels each device already has (those past the cap are not dropped)."""
         self.cap = cap
-        self._known: dict[str, set[str]] = {}
+        self._known: dict[str, set[str]] = {device: set(names) for device, names in (known or {}).items()}
 
     def apply(self, reading: Reading) -> tuple[Reading | None, Rejected | None]:
         """The reading as far as the cap allows (None if nothing of it is left), and the rejection if it was cut."""

@@ -58,26 +58,28 @@ def _readings(devices: int, channels: int, n: int, seed: int = 1, step: float = 
     return out
 
 
-def _steady_detector(scorer: object, devices: int, channels: int, step: float) -> Detector:
-    """A detector whose every channel is past warm-up on every time scale, as in a long-running
-    gateway: one device is fed until its coarsest scale judges likelihoods, and its persisted
-    state is copied to the others (feeding 1,000 devices that far would take minutes)."""
-    store = StateStore(Path(tempfile.mkdtemp()) / "state.db")
+def steady_state(scorer: object, devices: int, channels: int, step: float, path: Path) -> StateStore:
+    """A state database at `path` whose every channel is past warm-up on every time scale, buffers
+    full, as in a long-running gateway: one device is fed until its coarsest scale judges
+    likelihoods, and its persisted state is copied to the others (feeding 1,000 devices that far
+    would take minutes)."""
+    store = StateStore(path)
     template = Detector(scorer, DetectorSettings(), store)  # type: ignore[arg-type]
     warm = _readings(1, channels, 3_000, seed=0, step=step)  # scale 16: 64 scores need (32 + 32 + 64) * 16 readings
     for i in range(0, len(warm), 100):
         template.observe(warm[i : i + 100])
     template.flush()
     blobs = store.blobs("detector")
-    store.put_blobs("detector", {
-        json.dumps([f"node{d}", *json.loads(key)[1:]], separators=(",", ":")): blob
+    store.put_blobs("detector", (
+        (json.dumps([f"node{d}", *json.loads(key)[1:]], separators=(",", ":")), blob)
         for d in range(1, devices) for key, blob in blobs.items()
-    })
-    return Detector(scorer, DetectorSettings(), store)  # type: ignore[arg-type]
+    ))
+    return store
 
 
 def observe_rate(scorer: object, devices: int, channels: int, batch: int, seconds: float, step: float = 0.0) -> float:
-    det = _steady_detector(scorer, devices, channels, step)
+    det = Detector(scorer, DetectorSettings(), steady_state(scorer, devices, channels, step,  # type: ignore[arg-type]
+                                                            Path(tempfile.mkdtemp()) / "state.db"))
     stream = _readings(devices, channels, 20_000, step=step)
     pos = [0]
 

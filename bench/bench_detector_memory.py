@@ -8,8 +8,8 @@ through the shipped model. `heard` is the number of readings per device; 3000 fi
 scale's buffers (the 16-reading scale needs 16 x (window + history) readings), the steady state.
 The daemon's own figure (peak RSS of a real process) is `python -m bench --only memory`.
 
-`--restart N`: a state database of N devices with full buffers (each a copy of one device's two
-channels after 3000 readings), loaded by a `Detector` in a fresh process: its RSS before and after,
+`--restart N`: a state database of N devices with full buffers (bench.bench_detector's: each a
+copy of one device's two channels after 3000 readings), loaded by a `Detector` in a fresh process: its RSS before and after,
 and the peak (VmHWM), against the records' size. 0 skips it.
 """
 
@@ -25,6 +25,7 @@ import tempfile
 import tracemalloc
 from pathlib import Path
 
+from bench.bench_detector import steady_state
 from gateway.detect.detector import Detector
 from gateway.detect.model_store import packaged_default_bundle
 from gateway.detect.scoring import OnnxScorer
@@ -50,24 +51,6 @@ def per_device(scorer: OnnxScorer, devices: int, heard: int) -> float:
     tracemalloc.stop()
     del det
     return used / devices
-
-
-def full_state(scorer: OnnxScorer, devices: int, path: Path) -> int:
-    """A state database at `path` of `devices` devices with full buffers; returns the records' bytes."""
-    store = StateStore(path)
-    det = Detector(scorer, DetectorSettings(), store)
-    rng = random.Random(2)
-    readings = [Reading("dev-00000", {"temperature_1": round(20 + rng.gauss(0, 0.5), 1),
-                                      "relative_humidity_2": round(60 + rng.gauss(0, 2), 1)}, i, -80.0, 7.0, 60.0 * i)
-                for i in range(3000)]
-    for start in range(0, len(readings), 100):
-        det.observe(readings[start : start + 100])
-    det.flush()
-    one = store.blobs("detector")
-    store.put_blobs("detector", ((json.dumps([f"dev-{d:05d}", *json.loads(k)[1:]]), v)
-                                 for d in range(1, devices) for k, v in one.items()))
-    store.close()
-    return sum(map(len, one.values())) * devices
 
 
 def _status_mb(field: str) -> float:
@@ -100,7 +83,9 @@ def main() -> int:
     if args.restart:
         with tempfile.TemporaryDirectory(prefix="bench-restart-") as tmp:
             path = Path(tmp) / "state.db"
-            records = full_state(scorer, args.restart, path)
+            # Two channels in LPP's 0.1 steps, as most of a farm's readings are.
+            steady_state(scorer, args.restart, 2, 0.1, path).close()
+            records = sum(len(blob) for _, blob in StateStore(path).iter_blobs("detector"))
             out = subprocess.run([sys.executable, "-m", "bench.bench_detector_memory", "--load", str(path)],
                                  capture_output=True, text=True, check=True).stdout
             before, after, peak = json.loads(out.splitlines()[-1])

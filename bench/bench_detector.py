@@ -45,9 +45,11 @@ class _ZeroScorer:
 
 
 def _readings(devices: int, channels: int, n: int, seed: int = 1, step: float = 0.0) -> list[Reading]:
-    """Noise of spread 1 around 20; rounded to `step` (0.1: as Cayenne LPP carries a temperature)."""
+    """Noise of spread 1 around 20; rounded to `step` (0.1: as Cayenne LPP carries a temperature).
+    The first two channels are named as the gateway names a Cayenne LPP temperature on channel 1
+    and a humidity on channel 2, the pipeline bench's devices' two."""
     rng = np.random.default_rng(seed)
-    names = ["temperature_1", "humidity_2", "current_3", "pressure_4", "vibration_5"][:channels]
+    names = ["temperature_1", "relative_humidity_2", "current_3", "pressure_4", "vibration_5"][:channels]
     out = []
     for i in range(n):
         v = 20 + rng.normal(0, 1, channels)

@@ -6,6 +6,7 @@ daemon memory and start-up, and scaling with devices and window length.
     python -m bench --json out.json          # also the figures as JSON
     python -m bench --only throughput,daemon
     python -m bench --only daemon --devices 10000 --heard 3
+    python -m bench --only daemon --devices 10000 --restart-full
 
 (`python -m bench` is `python -m bench.bench_pipeline`.)
 
@@ -76,10 +77,11 @@ class Broker:
         self.proc.wait()
 
 
-def make_devices(workdir: Path, count: int) -> Path:
-    path = workdir / f"devices-{count}.toml"
+def make_devices(workdir: Path, count: int, prefix: str = "dev-") -> Path:
+    """A devices file of `count` devices named prefix0, prefix1, ..."""
+    path = workdir / f"devices-{prefix}{count}.toml"
     if not path.exists():
-        add_devices(path, [f"dev-{i}" for i in range(count)])
+        add_devices(path, [f"{prefix}{i}" for i in range(count)])
     return path
 
 
@@ -177,12 +179,16 @@ def latency_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, 
     }
 
 
-def daemon_memory_and_startup(workdir: Path, broker: Broker, devices_file: Path, frames_per_device: int) -> dict[str, Any]:
-    """Peak RSS of a real daemon that has heard every device, and its time from exec to READY=1."""
+def daemon_memory_and_startup(workdir: Path, broker: Broker, devices_file: Path, frames_per_device: int,
+                              state: Path | None = None) -> dict[str, Any]:
+    """Peak RSS of a real daemon that has heard every device, and its time from exec to READY=1;
+    its RSS 2 s after the last frame (after READY=1 when it hears none). `state`: the state
+    database it starts on (default: a new one)."""
     from firmware_sim.modules import EMULATORS
     from firmware_sim.pty_link import PtyModule
 
     keys = session_keys(load_devices(devices_file))
+    state = state or workdir / "memory.db"
     notify = workdir / "notify.sock"
     notify.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -191,7 +197,7 @@ def daemon_memory_and_startup(workdir: Path, broker: Broker, devices_file: Path,
     with PtyModule(EMULATORS["rylr"]()) as module:
         config = workdir / "memory.toml"
         config.write_text(
-            f'devices_file = "{devices_file}"\nstate_path = "{workdir}/memory.db"\nmodel_root = "{workdir}/none"\n'
+            f'devices_file = "{devices_file}"\nstate_path = "{state}"\nmodel_root = "{workdir}/none"\n'
             f'[serial]\nport = "{module.port}"\n[mqtt]\nport = {broker.port}\nbase_topic = "mem"\n'
         )
         start = time.perf_counter()
@@ -209,12 +215,12 @@ def daemon_memory_and_startup(workdir: Path, broker: Broker, devices_file: Path,
                     time.sleep(0.01)
             time.sleep(0.2)
         time.sleep(2)
-        status = Path(f"/proc/{gateway.pid}/status").read_text()
-        hwm = next(int(x.split()[1]) / 1024 for x in status.splitlines() if x.startswith("VmHWM:"))
+        status = dict(x.split(":", 1) for x in Path(f"/proc/{gateway.pid}/status").read_text().splitlines())
+        hwm, rss = (int(status[field].split()[0]) / 1024 for field in ("VmHWM", "VmRSS"))
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(15)
     sock.close()
-    return {"devices": len(keys), "ready_s": ready_s, "peak_rss_mb": hwm}
+    return {"devices": len(keys), "ready_s": ready_s, "peak_rss_mb": hwm, "rss_mb": rss}
 
 
 def main() -> int:
@@ -224,12 +230,19 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--repeats", type=int, default=3, help="throughput runs per variant; the median is reported")
     p.add_argument("--only", help=f"comma-separated sections to run: {', '.join(SECTIONS)} (default: all)")
-    p.add_argument("--devices", type=int, default=1000, help="devices the daemon section hears")
+    p.add_argument("--devices", type=int, default=1000, help="devices in the daemon section")
     p.add_argument("--heard", type=int, help="readings from each device in the daemon section (default 70; --quick 3)")
+    p.add_argument("--restart-full", action="store_true",
+                   help="daemon section: instead of hearing the devices, start the daemon on a state database of "
+                   "--devices devices with full detector buffers (bench.bench_detector's steady state: two channels "
+                   "each, every record a copy of one channel's after 3,000 readings) and report its start to "
+                   "READY=1, its peak RSS and its RSS 2 s after READY=1")
     args = p.parse_args()
     sections = set(args.only.split(",")) if args.only else set(SECTIONS)
     if unknown := sections - set(SECTIONS):
         p.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    if args.restart_full and args.heard is not None:
+        p.error("--restart-full hears no device: leave out --heard")
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, {os.uname().machine}, Python {sys.version.split()[0]}"}
     workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     broker = Broker(workdir)
@@ -295,7 +308,24 @@ def main() -> int:
                   [[f"{r['rate']:.0f}", str(r["sent"]), str(r["arrived"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
                     f"{r['max_ms']:.2f}"] for r in lat])
 
-        if "daemon" in sections:
+        if "daemon" in sections and args.restart_full:
+            from bench.bench_detector import steady_state
+            from gateway.detect.model_store import packaged_default_bundle
+            from gateway.detect.scoring import OnnxScorer
+
+            # The daemon's model (none active: the packaged default), so that the score histories load
+            # too; two channels in LPP's 0.1 steps, named node0, node1, ... as in the devices file.
+            state = workdir / "restart.db"
+            steady_state(OnnxScorer(packaged_default_bundle()), args.devices, 2, 0.1, state).close()
+            state_mb = state.stat().st_size / 1e6
+            mem = daemon_memory_and_startup(workdir, broker, make_devices(workdir, args.devices, "node"), 0, state)
+            results["daemon"] = {**mem, "restart_full": True, "state_mb": state_mb}
+            table(f"Daemon started on a state database of {args.devices:,} devices with full detector buffers "
+                  "(real process, pty, broker)",
+                  ["devices", "database MB", "start to READY=1 s", "peak RSS MB", "RSS 2 s after READY=1 MB"],
+                  [[str(mem["devices"]), f"{state_mb:.0f}", f"{mem['ready_s']:.2f}", f"{mem['peak_rss_mb']:.0f}",
+                    f"{mem['rss_mb']:.0f}"]])
+        elif "daemon" in sections:
             mem_devices = make_devices(workdir, args.devices)
             heard = args.heard or (3 if args.quick else 70)
             mem = daemon_memory_and_startup(workdir, broker, mem_devices, heard)

@@ -6,7 +6,8 @@ devices whose buffers are full, measured with tracemalloc in this process.
 Each device sends two channels (temperature and humidity, as the pipeline bench's devices do),
 through the shipped model. `heard` is the number of readings per device; 3000 fills every time
 scale's buffers (the 16-reading scale needs 16 x (window + history) readings), the steady state.
-The daemon's own figure (peak RSS of a real process) is `python -m bench --only memory`.
+The daemon's own figure (peak RSS of a real process) is `python -m bench --only daemon`
+(`--restart-full`: a start on a database of devices with full buffers).
 
 `--restart N`: a state database of N devices with full buffers (bench.bench_detector's: each a
 copy of one device's two channels after 3000 readings), loaded by a `Detector` in a fresh process: its RSS before and after,

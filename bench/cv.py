@@ -2,10 +2,10 @@
 
 Groups: NAB artificial (artificialNoAnomaly + artificialWithAnomaly, 10 files), NAB realKnownCause
 (8 files), SKAB valve1 (16 experiments, 8 sensors one device). The detector runs once per file
-with alerts off and records each channel's likelihood per row; the alert settings (raise and
-clear thresholds, warm-up, minimum duration) only act on those likelihoods, so every candidate
-is replayed through the detector's own `alert_step` and device rule (raised while any channel is;
-a channel raising while the device is raised is a second alert) instead of rerunning the model.
+with alerts off and records each channel's likelihoods per row (its rules' and each time
+scale's); the alert settings (raise and clear thresholds, warm-up, minimum duration) only act on
+those, so every candidate is replayed through the detector's own alert logic (bench.replay)
+instead of rerunning the model.
 Settings that change the likelihoods themselves (LIKELIHOOD_GRID) are one recorded run each, and
 the choice is nested: a candidate is a likelihood setting with alert settings.
 
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from bench import nab, skab
+from bench.replay import Recording, alerts_off, record, replay
 
 GROUPS = ("nab_artificial", "nab_real", "skab_valve1")
 # Candidates. Warm-ups from the least the likelihood can judge (64 scores after a 64-reading window
@@ -61,7 +62,7 @@ class DevFile:  # noqa: D101 (group "normal": the false-alert check, no labels)
     name: str
     labelled: nab.LabelledFile
     anomaly: np.ndarray | None  # SKAB: per-row labels
-    likelihood: np.ndarray  # rows x channels
+    recording: Recording
 
 
 class _ZeroScorer:
@@ -74,46 +75,34 @@ class _ZeroScorer:
         return np.zeros(len(windows), dtype=np.float32)
 
 
-def _likelihoods(detector: Any, rows: Any, channels: list[str], device: str) -> np.ndarray:
-    from gateway.records import Reading
-
-    out = []
-    last = [0.0] * len(channels)  # a channel's likelihood holds between its updates, as its alert state does
-    for n, row in enumerate(rows, 1):
-        (o,) = detector.observe([Reading(device, dict(zip(channels, row.values)), n, math.nan, math.nan, row.time)])
-        last = [o.likelihood.get(c, v) for c, v in zip(channels, last)]
-        out.append(last)
-    return np.array(out)
-
-
 def load(scorer: Any, settings: dict[str, Any]) -> list[DevFile]:
-    """Every dev file's likelihoods, alerts off (a threshold of 1 that nothing reaches for long)."""
+    """Every dev file's recorded likelihoods (bench.replay)."""
     from gateway.commands.detect import Row, read_series, read_table
     from gateway.detect.detector import Detector
     from gateway.detect.settings import DetectorSettings
 
-    cfg = DetectorSettings.model_validate({**settings, "raise_threshold": 1.0, "clear_threshold": 0.99, "warmup": 0})
+    cfg = DetectorSettings.model_validate(alerts_off(settings))
     files = []
     for c in nab.load_corpus():
         group = "nab_artificial" if c.name.startswith("artificial") else "nab_real"
-        lk = _likelihoods(Detector(scorer, cfg), read_series(c.path), ["value"], c.path.stem)
+        lk = record(Detector(scorer, cfg), read_series(c.path), ["value"], c.path.stem)
         files.append(DevFile(group, c.name, c.labelled, None, lk))
     for f in skab.load_group(skab.DATA_DIR, "valve1"):
         table = read_table(f.path, skab.SENSORS, skab.TIME_COLUMN, skab.SEP)
-        lk = _likelihoods(Detector(scorer, cfg), table.rows, table.columns, f.path.stem)
+        lk = record(Detector(scorer, cfg), table.rows, table.columns, f.path.stem)
         files.append(DevFile("skab_valve1", f.name, f.labelled, f.anomaly, lk))
     for f in skab.load_group(skab.DATA_DIR, "anomaly-free"):
         table = read_table(f.path, skab.SENSORS, skab.TIME_COLUMN, skab.SEP)
-        lk = _likelihoods(Detector(scorer, cfg), table.rows, table.columns, f.path.stem)
+        lk = record(Detector(scorer, cfg), table.rows, table.columns, f.path.stem)
         files.append(DevFile("normal", f.name, f.labelled, None, lk))
     from models.data import synthetic_corpus
 
     for i, series in enumerate(synthetic_corpus(NORMAL_SEED, NORMAL_SERIES, NORMAL_LENGTH)):
         rows = (Row(j, "", 60.0 * j, (float(v),)) for j, v in enumerate(series))
-        lk = _likelihoods(Detector(scorer, cfg), rows, ["value"], f"synthetic-{i}")
+        lk = record(Detector(scorer, cfg), rows, ["value"], f"synthetic-{i}")
         files.append(DevFile("normal", f"synthetic-{i}", None, None, lk))  # type: ignore[arg-type]
     for name, channels, rows in _farm_nodes():
-        lk = _likelihoods(Detector(scorer, cfg), rows, channels, name)
+        lk = record(Detector(scorer, cfg), rows, channels, name)
         files.append(DevFile("normal", name, None, None, lk))  # type: ignore[arg-type]
     return files
 
@@ -136,40 +125,14 @@ def _farm_nodes() -> list[tuple[str, list[str], list[Any]]]:
 
 
 def normal_alerts(files: list[DevFile], cfg: Any) -> int:
-    return int(sum(replay(f.likelihood, cfg)[0].sum() for f in files if f.group == "normal"))
-
-
-def replay(likelihood: np.ndarray, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(raises, raised) per row: the detector's alert state machine over recorded likelihoods."""
-    from gateway.detect.alerts import alert_step
-
-    n, k = likelihood.shape
-    raises = np.zeros(n)
-    raised_rows = np.zeros(n, dtype=bool)
-    state = [(False, 0)] * k
-    device = False
-    rows = likelihood.tolist()
-    for i in range(n):
-        newly = False
-        for j, like in enumerate(rows[i]):
-            was, over = state[j]
-            if was or like >= cfg.raise_threshold:
-                state[j] = now = alert_step(was, over, like, i + 1, cfg)
-                newly |= now[0] and not was
-            else:
-                state[j] = (False, 0)
-        up = any(s[0] for s in state)
-        if up and (newly or not device):
-            raises[i] = 1.0
-        device = raised_rows[i] = up
-    return raises, raised_rows
+    return int(sum(replay(f.recording, cfg)[0].sum() for f in files if f.group == "normal"))
 
 
 def group_scores(files: list[DevFile], cfg: Any) -> dict[str, dict[str, float]]:
     out = {}
     for g in GROUPS:
         members = [f for f in files if f.group == g]
-        runs = [replay(f.likelihood, cfg) for f in members]
+        runs = [replay(f.recording, cfg) for f in members]
         r: dict[str, float] = {}
         for p, prof in nab.PROFILES.items():
             r[p] = nab.normalized_score([f.labelled for f in members], [ev for ev, _ in runs], prof)
@@ -185,7 +148,7 @@ def nab_pooled(run_by_group: dict[str, tuple[list[DevFile], Any]]) -> dict[str, 
     """The 18 NAB files as one corpus, each from its group's recorded run and alert settings, one normalisation."""
     pairs = [(f, cfg) for g, (files, cfg) in run_by_group.items() if g.startswith("nab") for f in files if f.group == g]
     labelled = [f.labelled for f, _ in pairs]
-    detections = [replay(f.likelihood, cfg)[0] for f, cfg in pairs]
+    detections = [replay(f.recording, cfg)[0] for f, cfg in pairs]
     return {p: nab.normalized_score(labelled, detections, prof) for p, prof in nab.PROFILES.items()}
 
 

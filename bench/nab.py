@@ -12,10 +12,11 @@ Scoring follows numenta/NAB v1.1 (`nab/sweeper.py`, `nab/runner.py` normalisatio
 - normalised: 100 * (raw - null) / (perfect - null), null = -fnWeight * windows,
   perfect = tpWeight * windows.
 
-Two lines are printed for lora-gateway, both from the same `detect` run (the CLI's code path,
-one row at a time, default settings, no per-file settings):
+Two lines are printed for lora-gateway, from the same `detect` code (the CLI's code path, one
+row at a time, default settings, no per-file settings):
 - raised alerts: a detection is a row where the detector raises an alert (what a user gets);
-  the corpus-wide threshold swept is raise_threshold (clear_threshold kept in proportion);
+  the corpus-wide threshold swept is raise_threshold (clear_threshold kept in proportion),
+  replayed from the file's recorded likelihoods (bench.replay);
 - score column: NAB's per-row sweep of the `score` column (the likelihood). It stays high for
   as long as an anomaly lasts, and NAB counts each such row after a window as a false positive.
 
@@ -68,6 +69,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.replay import Recording, alerts_off, record, replay
 
 NAB_PROBATION_PERCENT = 0.15
 
@@ -305,8 +308,9 @@ def _init_worker(bundle: str) -> None:
     _worker_scorer = OnnxScorer(Path(bundle))
 
 
-def _detect_file(job: tuple[str, str, dict[str, Any]]) -> tuple[list[float], list[int], list[float]]:
-    """`detect --csv` on one file, in process: the CLI's own functions, a fresh detector."""
+def _detect_file(job: tuple[str, str, dict[str, Any]]) -> tuple[list[float], list[int], list[float], Recording]:
+    """`detect --csv` on one file, in process: the CLI's own functions, a fresh detector; and
+    the file's likelihoods recorded for other alert settings (bench.replay)."""
     from gateway.commands.detect import detect_series, read_series
     from gateway.detect.detector import Detector
     from gateway.detect.settings import DetectorSettings
@@ -314,13 +318,14 @@ def _detect_file(job: tuple[str, str, dict[str, Any]]) -> tuple[list[float], lis
     path, column, settings = job
     detector = Detector(_worker_scorer, DetectorSettings.model_validate(settings))
     res = detect_series(detector, read_series(Path(path), column), io.StringIO(), device=Path(path).stem, channels=[column])
-    return res.scores, res.alerts, res.raw
+    off = Detector(_worker_scorer, DetectorSettings.model_validate(alerts_off(settings)))
+    return res.scores, res.alerts, res.raw, record(off, read_series(Path(path), column), [column], Path(path).stem)
 
 
 def run_detect(
     corpus: list[CorpusFile], bundle: Path, settings: dict[str, Any], jobs: int = 2
-) -> list[tuple[list[float], list[int], list[float]]]:
-    """Per file: (score column, alert column, raw model scores)."""
+) -> list[tuple[list[float], list[int], list[float], Recording]]:
+    """Per file: (score column, alert column, raw model scores, recorded likelihoods)."""
     from gateway.detect.scoring import OnnxScorer
 
     OnnxScorer(bundle)  # a bad bundle fails here, clearly, not in every worker
@@ -335,22 +340,8 @@ def run_detect(
     return out
 
 
-def replay_alerts(likelihood: list[float], cfg: Any) -> np.ndarray:
-    """Raise events of the detector's own alert state machine over a likelihood series."""
-    from gateway.detect.alerts import alert_step
-
-    out = np.zeros(len(likelihood))
-    raised, over = False, 0
-    for i, like in enumerate(likelihood):
-        was = raised
-        raised, over = alert_step(raised, over, like, i + 1, cfg)
-        if raised and not was:
-            out[i] = 1.0
-    return out
-
-
 def sweep_alerts(
-    corpus: list[CorpusFile], likelihoods: list[list[float]], settings: dict[str, Any]
+    corpus: list[CorpusFile], recordings: list[Recording], settings: dict[str, Any]
 ) -> dict[str, ProfileResult]:
     """Detections = the rows where the detector raises an alert; raise_threshold swept corpus-wide
     (clear_threshold in the configured proportion), on a 0.02 grid refined to 0.002 near the best."""
@@ -364,7 +355,7 @@ def sweep_alerts(
     def at(t: float, prof: Profile) -> tuple[float, int, int, int]:
         if t not in events:
             cfg = base.model_copy(update={"raise_threshold": t, "clear_threshold": t * ratio})
-            events[t] = [replay_alerts(lk, cfg) for lk in likelihoods]
+            events[t] = [replay(rec, cfg)[0] for rec in recordings]
         parts = [score_file(f, e, 0.5, prof) for f, e in zip(files, events[t])]
         return sum(x[0] for x in parts), sum(x[1] for x in parts), sum(x[2] for x in parts), sum(x[3] for x in parts)
 
@@ -410,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     results = run_detect(corpus, bundle, settings, args.jobs)
     elapsed = time.monotonic() - t0
-    alerts = sweep_alerts(corpus, [r[0] for r in results], settings)
+    alerts = sweep_alerts(corpus, [r[3] for r in results], settings)
     column = evaluate(corpus, [np.asarray(r[0]) for r in results])
     print(f"NAB, {len(corpus)} files, {sum(c.labelled.n_windows for c in corpus)} windows; "
           f"detect took {elapsed:.1f} s on {args.jobs} processes\n")
@@ -429,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "clear_threshold": std.threshold * base.clear_threshold / base.raise_threshold})
     per_file = {}
     for c, r in zip(corpus, results):
-        raw, tp, fn, fp = score_file(c.labelled, replay_alerts(r[0], cfg), 0.5, PROFILES["standard"])
+        raw, tp, fn, fp = score_file(c.labelled, replay(r[3], cfg)[0], 0.5, PROFILES["standard"])
         per_file[c.name] = {"raw": raw, "windows_found": tp, "windows_missed": fn, "false_alerts": fp}
     if args.json:
         args.json.write_text(json.dumps({

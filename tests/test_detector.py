@@ -330,6 +330,37 @@ def test_a_fault_raises_once_and_its_end_clears_with_the_same_id() -> None:
     assert states[int(raised.time)] == "raised" and states[-1] == "ok"
 
 
+def two_faults(second: int = 1560) -> np.ndarray:
+    x = series(2000, seed=3)
+    x[1500:1530] += 3.0
+    x[second : second + 30] += 8.0
+    return x
+
+
+def test_an_anomaly_is_raised_once_though_the_coarse_scales_still_see_it_after_it_cleared() -> None:
+    # Each fault raises one alert. The first clears while the 4- and 16-reading scales' windows
+    # still hold it; had they counted, they would have raised it again two readings later and
+    # held that alert over the second fault, which then had no alert of its own.
+    outs = run(Detector(StubScorer(), DetectorSettings(**FAST)), two_faults())
+    transitions = [(int(o.time), o.transition.state) for o in outs if o.transition]
+    assert [state for _, state in transitions] == ["raised", "cleared", "raised", "cleared"]
+    assert 1500 <= transitions[0][0] < 1505 and transitions[1][0] < 1560 <= transitions[2][0] < 1565
+
+
+def test_a_restart_between_two_faults_keeps_what_the_last_alert_mutes(tmp_path: Path) -> None:
+    x = two_faults()
+    straight = run(Detector(StubScorer(), DetectorSettings(**FAST)), x)
+    cleared = next(int(o.time) for o in straight if o.transition and o.transition.state == "cleared")
+    store = StateStore(tmp_path / "state.db")
+    first = Detector(StubScorer(), DetectorSettings(**FAST), store)
+    before = run(first, x[: cleared + 1])
+    first.flush()
+    store.close()
+    after = run(Detector(StubScorer(), DetectorSettings(**FAST), StateStore(tmp_path / "state.db")), x[cleared + 1 :],
+                start=cleared + 1)
+    assert [o.transition for o in straight] == [o.transition for o in before + after]
+
+
 def test_no_alert_during_warmup() -> None:
     det = Detector(StubScorer(), DetectorSettings(warmup=600, history=200))
     assert not any(o.transition for o in run(det, spike_series()))

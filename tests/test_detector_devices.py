@@ -7,8 +7,9 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from bench import cv
+from bench.replay import alerts_off, record, replay
 from gateway.commands import main
 from gateway.commands.detect import Row
 from gateway.detect.detector import Detector
@@ -16,7 +17,7 @@ from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
 from gateway.service.state import StateStore
 from gateway.uplink.channel_limit import ChannelLimit
-from tests.test_detector import FAST, StubScorer, series
+from tests.test_detector import FAST, StubScorer, series, two_faults
 
 
 def pump(n: int = 800, faults: tuple[tuple[str, int], ...] = (("current_1", 500), ("pressure_2", 515))) -> dict[str, np.ndarray]:
@@ -50,18 +51,24 @@ def test_one_anomaly_on_two_channels_at_once_is_one_alert() -> None:
     assert set(transitions[0].channels) == {"current_1", "pressure_2"}
 
 
-def test_replay_of_recorded_likelihoods_gives_the_detectors_own_alerts() -> None:
-    x = pump()
+SLOW_TO_CLEAR = {**FAST, "min_duration": 3, "raise_threshold": 0.4, "clear_threshold": 0.2}
+
+
+@pytest.mark.parametrize(("x", "settings"), [
+    (pump(), FAST), (pump(), SLOW_TO_CLEAR),
+    ({"temperature_1": two_faults()}, FAST),  # the second raise needs the first alert's muted scales
+], ids=["pump", "pump, slow to clear", "two faults"])
+def test_replay_of_recorded_likelihoods_gives_the_detectors_own_alerts(
+    x: dict[str, np.ndarray], settings: dict[str, int | float]
+) -> None:
     names = list(x)
-    for settings in ({**FAST}, {**FAST, "min_duration": 3, "raise_threshold": 0.4, "clear_threshold": 0.2}):
-        outs = feed(Detector(StubScorer(), DetectorSettings(**settings)), x)
-        raises = [int(o.transition is not None and o.transition.state == "raised") for o in outs]
-        rows = (Row(i, "", float(i), tuple(float(x[k][i]) for k in names)) for i in range(len(x[names[0]])))
-        off = DetectorSettings(**{**settings, "raise_threshold": 1.0, "clear_threshold": 0.99, "warmup": 0})
-        lk = cv._likelihoods(Detector(StubScorer(), off), rows, names, "pump")
-        ev, up = cv.replay(lk, DetectorSettings(**settings))
-        assert ev.tolist() == raises and sum(raises) >= 2
-        assert up.tolist() == [o.alert_state == "raised" for o in outs]
+    outs = feed(Detector(StubScorer(), DetectorSettings(**settings)), x)
+    raises = [int(o.transition is not None and o.transition.state == "raised") for o in outs]
+    rows = (Row(i, "", float(i), tuple(float(x[k][i]) for k in names)) for i in range(len(x[names[0]])))
+    off = DetectorSettings(**alerts_off(settings))
+    ev, up = replay(record(Detector(StubScorer(), off), rows, names, "pump"), DetectorSettings(**settings))
+    assert ev.tolist() == raises and sum(raises) >= 2
+    assert up.tolist() == [o.alert_state == "raised" for o in outs]
 
 
 def write_skab_like(path: Path, x: dict[str, np.ndarray]) -> list[str]:

@@ -49,6 +49,7 @@ def version_1(record: bytes, newest: float | None = None) -> bytes:
     header = json.loads(record[4 : 4 + n])
     assert header["v"] == 2
     header["v"] = 1
+    del header["cleared"]  # kept since version 2's second release
     header["lag"] = [math.nan] * (StubScorer().window - len(header["lag"])) + header["lag"]
     arrays, off = [], 4 + n
     for scale in header["scales"]:
@@ -100,3 +101,23 @@ def test_a_version_1_value_beyond_float32_loads_at_its_edge(tmp_path: Path) -> N
     (ch,) = migrated._devices["d1"].channels.values()
     assert ch.scales[0].last_values(1).tolist() == [float(np.finfo(np.float32).max)]
     assert all(math.isfinite(o.score) for o in run(migrated, x[900:], start=900))
+
+
+def test_a_version_2_record_from_before_the_last_alert_was_kept_loads_with_no_scale_muted(tmp_path: Path) -> None:
+    x = spike_series(1200, at=1000)
+    store = StateStore(tmp_path / "state.db")
+    det = Detector(StubScorer(), DetectorSettings(**FAST), store)
+    run(det, x[:900])
+    det.flush()
+    (key,) = (k for k in store.blobs(STATE_NAMESPACE) if len(json.loads(k)) == 2)
+    record = store.blobs(STATE_NAMESPACE)[key]
+    (n,) = struct.unpack_from("<I", record)
+    header = json.loads(record[4 : 4 + n])
+    del header["cleared"]
+    encoded = json.dumps(header).encode()
+    store.put_blobs(STATE_NAMESPACE, {key: struct.pack("<I", len(encoded)) + encoded + record[4 + n :]})
+    store.close()
+    loaded = Detector(StubScorer(), DetectorSettings(**FAST), StateStore(tmp_path / "state.db"))
+    (ch,) = loaded._devices["d1"].channels.values()
+    assert ch.seen == 900 and ch.cleared == 0
+    assert [o.likelihood for o in run(loaded, x[900:], start=900)] == [o.likelihood for o in run(det, x[900:], start=900)]

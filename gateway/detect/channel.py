@@ -20,6 +20,7 @@ class Channel:
     __slots__ = (
         "cfg",
         "changes",
+        "cleared",
         "hi",
         "hold",
         "lag",
@@ -51,6 +52,7 @@ class Channel:
         self.saved = 0  # `seen` when the channel was last written to the state database
         self.over = 0
         self.raised = False
+        self.cleared = 0  # `seen` when its alert last cleared: scales whose window still holds it are muted
         self.likelihood = 0.0
         self.lo = math.inf  # the range of every reading so far
         self.hi = -math.inf

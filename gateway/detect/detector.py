@@ -3,7 +3,8 @@
 reading -> per channel and time scale (1, 4, 16 readings per value) a ring buffer -> robust
 normalization (the model's manifest) -> ONE batched model call for every window ready in an
 `observe` -> anomaly likelihood of each score against the scale's own past scores -> the
-channel's likelihood (the highest of its scales, or 1 for a reading beyond the channel's
+channel's likelihood (the highest of its scales but those whose window still reaches back into
+its last alert, which was reported and has cleared; or 1 for a reading beyond the channel's
 range or a stuck run) -> per-device alert state (warm-up, minimum duration, hysteresis) ->
 `AlertTransition` (the MQTT alert payload). A channel raising while its device's alert is
 raised is a second anomaly: a new `raised` with a new id; the device's one `cleared`, carrying
@@ -175,11 +176,14 @@ class Detector:
                         j += 1
                     if judged:
                         # The channel is as anomalous as its most anomalous scale (coarse ones hold
-                        # their last value between their updates).
-                        like = -math.inf
+                        # their last value between their updates), leaving out a scale whose window
+                        # still reaches back into the channel's last alert: that anomaly was reported
+                        # and has cleared, and a 16-reading scale's window holds it for 512 readings.
+                        like = 0.0
+                        since = seen - ch.cleared
                         for sc in ch.scales:
                             v = sc.likelihood
-                            if v is not None and v > like:
+                            if v is not None and v > like and since >= sc.k * W:
                                 like = v
                         likelihood[name] = like
                 if flag:
@@ -196,6 +200,8 @@ class Detector:
                     ch.raised, ch.over = alert_step(was, ch.over, like, seen, cfg)
                     if ch.raised and not was:
                         newly = True
+                    elif was and not ch.raised:
+                        ch.cleared = seen
                 else:
                     ch.over = 0  # alert_step's answer for a quiet channel, without the call
             for name in late:
@@ -223,6 +229,14 @@ class Detector:
         """The device's channels in alert now: the channels that moved."""
         dev = self._devices.get(device)
         return [n for n, ch in dev.channels.items() if ch.raised] if dev is not None else []
+
+    def scale_likelihoods(self, device: str) -> dict[str, list[tuple[int, float | None]]]:
+        """Each of the device's channels' time scales: the readings its window spans and the
+        likelihood it last judged (None before its first). The channel's own likelihood is the
+        highest of these, muted or not as its last alert says (`observe`)."""
+        dev = self._devices.get(device)
+        W = self.scorer.window
+        return {n: [(sc.k * W, sc.likelihood) for sc in ch.scales] for n, ch in dev.channels.items()} if dev else {}
 
     def warming_up(self, device: str) -> dict[str, float]:
         """The device's channels still in their warm-up, each with the fraction of it done (0 to

@@ -41,7 +41,7 @@ def encode_channel(ch: Channel, model: str) -> bytes:
     dumped = [_dump_scale(s) for s in ch.scales]
     header = json.dumps({
         "v": _STATE_VERSION, "model": model, "seen": ch.seen, "over": ch.over,
-        "raised": ch.raised, "likelihood": ch.likelihood, "range": [ch.lo, ch.hi, ch.hold],
+        "raised": ch.raised, "cleared": ch.cleared, "likelihood": ch.likelihood, "range": [ch.lo, ch.hi, ch.hold],
         "runs": [ch.last, ch.run, ch.longest, ch.changes, ch.step],
         "lag": _ordered(ch.lag, ch.lpos, len(ch.lag)).tolist(),
         "scales": [h for h, _ in dumped],
@@ -58,6 +58,7 @@ def decode_channel(ch: Channel, blob: bytes, model: str) -> None:
         return
     ch.seen, ch.over, ch.raised, ch.likelihood = h["seen"], h["over"], h["raised"], h["likelihood"]
     ch.saved = ch.seen
+    ch.cleared = h.get("cleared", 0)  # not in records from before it was kept: nothing muted
     ch.lo, ch.hi, ch.hold = h["range"]
     ch.last, ch.run, ch.longest, ch.changes, ch.step = h["runs"]
     # Oldest first; a version 1 record holds NaN for each slot not yet filled.

@@ -78,6 +78,17 @@ def test_ring_buffer_keeps_the_last_values_in_order() -> None:
     assert coarse.last_values(2).tolist() == [1.0, 4.0]
 
 
+def test_scales_share_their_empty_arrays_until_their_first_value_and_their_first_score() -> None:
+    cfg = DetectorSettings().resolve("d", "c")
+    a, b = Scale(4, window=4, history=6, cfg=cfg), Scale(4, window=4, history=6, cfg=cfg)
+    assert a.buf is b.buf and a.recent is b.recent  # a device's coarse scales cost no arrays at first
+    for x in range(4):
+        a.add(float(x))
+    assert a.buf is not b.buf and len(b.buf) == 0 and a.last_values(1).tolist() == [1.5]
+    a.update_likelihood(1.0, low_scores=True)
+    assert a.recent is not b.recent and len(b.recent) == 0 and len(a.recent) == cfg.average
+
+
 def test_a_scale_holds_memory_for_the_values_it_has_not_for_its_whole_length() -> None:
     cfg = DetectorSettings().resolve("d", "c")
     sc = Scale(1, window=16, history=128, cfg=cfg)

@@ -127,7 +127,7 @@ class Detector:
                         continue
                     ch = self._new_channel(device, name)
                     if ch is None:
-                        dev.ignored.add(name)
+                        dev.ignored += (name,)
                         continue
                     channels[name] = ch
                 if not isfinite(x):

@@ -17,17 +17,21 @@ _MIN_SCORES = 64  # scores before the likelihood is judged at all (the warm-up i
 _MIN_STD = 0.3  # in log-score units: score changes within ~30% are never "unlikely"
 _MIN_VAR = _MIN_STD * _MIN_STD
 _WINSOR = 3.0  # past means further than this many sigmas count as this far in the history
+# Shared by every stream not scored yet, a device's coarse scales for its first 64 x k readings:
+# each gets its own array with its first score (an array costs 64 bytes before its values).
+_NO_SCORES = array("d")
 
 
 class ScoreLikelihood:
     """The likelihood state of one stream of scores, a time scale's (`Scale` extends it): the
     last `average` log-scores, and the running mean and variance of their means."""
 
-    __slots__ = ("hcount", "hmean", "horizon", "hvar", "likelihood", "recent", "rpos", "rsum")
+    __slots__ = ("average", "hcount", "hmean", "horizon", "hvar", "likelihood", "recent", "rpos", "rsum")
 
     def __init__(self, cfg: Tunables) -> None:
         self.likelihood: float | None = None
-        self.recent = array("d", bytes(8 * cfg.average))
+        self.average = cfg.average
+        self.recent = _NO_SCORES
         self.rpos = 0
         self.rsum = 0.0
         self.horizon = cfg.history
@@ -45,6 +49,8 @@ class ScoreLikelihood:
         # Once per scored window: locals and comparisons instead of attribute traffic and min/max calls.
         t = math.log(score + _SCORE_FLOOR)  # squared errors are heavy-tailed; their log is near normal
         recent = self.recent
+        if recent is _NO_SCORES:
+            recent = self.recent = array("d", bytes(8 * self.average))
         n_avg = len(recent)
         rpos = self.rpos
         self.rsum = rsum = self.rsum + (t - recent[rpos])
@@ -88,6 +94,8 @@ class ScoreLikelihood:
 
     def restore(self, recent: array, stats: list[float]) -> None:
         """Into a new, empty state: the saved recent log-scores (oldest first) and `stats()`."""
+        if recent:
+            self.recent = array("d", bytes(8 * self.average))
         for v in recent[-len(self.recent) :]:
             self.recent[self.rpos] = v
             self.rpos = (self.rpos + 1) % len(self.recent)

@@ -133,7 +133,7 @@ def load(
                 continue
             ch = new_channel(parts[0], parts[1])
             if ch is None:
-                dev.ignored.add(parts[1])
+                dev.ignored += (parts[1],)
                 continue
             decode_channel(ch, blob, model)
             dev.channels[parts[1]] = ch

@@ -23,6 +23,7 @@ _FIRST = 16  # values a scale's buffer takes at its first value: it doubles as v
 # LPP reading (16 bits at a fixed resolution) and a mean of a few are within its 7 digits. Beyond its
 # range a value would become inf, and inf - inf a NaN in the window's statistics: stored at the edge.
 _F32_MAX = float(np.finfo(np.float32).max)
+_NO_VALUES = array("f")  # shared by every scale without values yet; its own array comes with its first
 
 
 class Scorer(Protocol):
@@ -53,7 +54,7 @@ class Scale(ScoreLikelihood):
         # float store, several times cheaper than numpy's), read through numpy views made when
         # needed (a view kept would forbid the growth). It grows as values arrive: a device heard
         # a few times costs a few values, not a full buffer per scale.
-        self.buf = array("f")
+        self.buf = _NO_VALUES
         self.end = 0
         self.seen = 0  # block means pushed
         self.acc = 0.0  # sum and count of the block being filled
@@ -77,6 +78,8 @@ class Scale(ScoreLikelihood):
         if end == len(buf):
             full = self.length + _SLACK
             if end < full:
+                if buf is _NO_VALUES:
+                    buf = self.buf = array("f")
                 buf.frombytes(bytes(4 * min(max(end, _FIRST), full - end)))
             else:
                 keep = self.length - 1

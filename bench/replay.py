@@ -19,7 +19,9 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class Recording:  # noqa: D101
+class Recording:
+    """One device's recorded likelihoods."""
+
     likelihood: np.ndarray  # rows x channels x (1 + scales): the rules', then each scale's
     spans: tuple[int, ...]  # readings each scale's window spans, as in Detector.scale_likelihoods
 
@@ -49,8 +51,8 @@ def record(detector: Any, rows: Iterable[Any], channels: list[str], device: str)
         out.append(step)
     width = 1 + len(spans)
     # A channel not heard yet has no scales: its row is all zeros.
-    likelihood = np.array([[s + [0.0] * (width - len(s)) for s in step] for step in out]).reshape(len(out), len(channels), width)
-    return Recording(likelihood, spans)
+    padded = [[s + [0.0] * (width - len(s)) for s in step] for step in out]
+    return Recording(np.array(padded).reshape(len(out), len(channels), width), spans)
 
 
 def replay(rec: Recording, cfg: Any) -> tuple[np.ndarray, np.ndarray]:

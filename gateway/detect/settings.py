@@ -26,21 +26,21 @@ class Tunables(BaseModel):
         description="Readings per scored window; default: the model's window. A multiple k of the model's "
         "window lets it see a k times longer span: values are averaged in groups of k.",
     )
-    # warmup, raise_threshold, clear_threshold, min_duration and resolution_steps: chosen by bench/cv.py
+    # warmup, raise_threshold, clear_threshold, min_duration and low_scores: chosen by bench/cv.py
     # (leave-one-group-out cross-validation over the dev groups, within a false-alert budget on normal
-    # data); README, "Detection".
+    # data), resolution_steps by its earlier runs; README, "Detection".
     warmup: int = Field(
         600, ge=0,
         description="Readings of a channel before it may raise an alert (it learns meanwhile): 600 = 50 minutes "
         "at a 5 s period, 10 hours at 60 s; better at least a daily cycle of the sensor.",
     )
     raise_threshold: float = Field(
-        0.48, gt=0, le=1,
+        0.38, gt=0, le=1,
         description="Raise when the anomaly likelihood reaches this. Likelihood 1 - 2^(-u/5) with u = "
         "-log10(chance that the recent scores are normal): 0.35 = a 1e-3 chance, 0.5 = 1e-5, 0.75 = 1e-10.",
     )
     clear_threshold: float = Field(
-        0.288, ge=0, lt=1,
+        0.228, ge=0, lt=1,
         description="Clear when every raised channel's likelihood falls below this (< raise_threshold).",
     )
     min_duration: int = Field(
@@ -80,9 +80,11 @@ class Tunables(BaseModel):
         "already taken as of grouped data; 1 quietens a sensor that rarely leaves one value.",
     )
     low_scores: bool = Field(
-        True,
+        False,
         description="Also alert on unusually LOW model scores: a stuck sensor's flat readings fit the model "
-        "better than its usual noise does.",
+        "better than its usual noise does. Off by default (bench/cv.py's choice): a normal window after a "
+        "noise burst, normalized by the burst's spread, scores low too; runs of identical readings have "
+        "their own rule (stuck_runs).",
     )
 
     @model_validator(mode="after")

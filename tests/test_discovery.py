@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.simulation import Simulation
+from gateway.config import MqttConfig
 from gateway.publish.discovery import Discovery, channel_kind
+from gateway.publish.mqtt import MqttPublisher
+from gateway.publish.outbox import Outbox
 from gateway.publish.telemetry import telemetry_payload
 from gateway.records import Reading
 
-from .conftest import Broker, write_config
+from .conftest import Broker, wait_serviced, write_config
 
 CHANNELS = [
     "temperature_1", "relative_humidity_2", "analog_input_3", "accelerometer_6_x", "accelerometer_6_y",
@@ -247,3 +250,20 @@ def test_warm_up_shows_the_least_advanced_channel() -> None:
     reading = Reading("pump-house", {"temperature_1": 4.0, "relative_humidity_2": 80.0}, 1, -80.0, 5.0, 1.0)
     for warming, shown in (({"temperature_1": 37, "relative_humidity_2": 12}, "12"), ({}, "100")):
         assert template.render(value_json=json.loads(telemetry_payload(reading, warming_up=warming))) == shown
+
+
+def test_discovery_made_while_the_broker_connects_goes_once(tmp_path: Path, broker: Broker, recorder_factory) -> None:
+    # The daemon is ready, and reads frames, before its broker session is up: the discovery of a
+    # device heard then went queued and again with the connect's announcements (each config twice).
+    configs = [(f"homeassistant/sensor/t_pump/analog_input_{c}/config", {"name": f"analog {c}"}) for c in range(3)]
+    recorder = recorder_factory(broker.port, ["homeassistant/#"])
+    publisher = MqttPublisher(MqttConfig(port=broker.port), "t", {}, Outbox(tmp_path / "s.db"),
+                              announcements=lambda: configs)
+    publisher.start()
+    publisher.publish_discovery(configs)  # before service() has seen the session
+    wait_serviced(publisher.connected.is_set, publisher)
+    assert publisher.drain(30)
+    publisher.publish_discovery([("homeassistant/sensor/t_pump/end/config", {"name": "end"})])  # a fence, in order
+    recorder.wait_for(lambda m: any(t.endswith("/end/config") for t, _, _ in m))
+    publisher.stop()
+    assert sorted(t for t, _, _ in recorder.messages if "analog_input" in t) == [t for t, _ in configs]

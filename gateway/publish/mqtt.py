@@ -361,7 +361,11 @@ class MqttPublisher:
         self._publish_or_queue(topic, payload, qos, True)
 
     def publish_discovery(self, configs: list[tuple[str, dict[str, Any]]]) -> None:
-        """Home Assistant discovery configs, retained; after a reconnect `announcements` has them."""
+        """Home Assistant discovery configs, retained. While the broker is away they are not
+        queued: the (re)connect sends `announcements`, which holds them by then (queued as well,
+        each went twice)."""
+        if not self.connected.is_set():
+            return
         for topic, payload in configs:
             self._publish_or_queue(topic, to_json(payload), 1, True)
 

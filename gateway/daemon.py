@@ -37,7 +37,7 @@ from gateway.service.history import History, HistoryEntry
 from gateway.service.sd_notify import Notifier
 from gateway.service.state import StateStore
 from gateway.service.storage import WRITE_ERRORS, DropLedger, GuardedCounters, StorageFaults
-from gateway.uplink.channel_limit import ChannelLimit
+from gateway.uplink.channel_limit import ChannelLimit, ChannelSets
 from gateway.uplink.chirpstack import ChirpStackInput
 from gateway.uplink.devices import load_devices, session_keys, telemetry_qos_overrides
 from gateway.uplink.lorawan import UplinkDecoder
@@ -92,7 +92,8 @@ class Daemon:
         }
         self.discovery = Discovery(cfg.gateway_id, cfg.mqtt.base_topic, cfg.mqtt.discovery_prefix, __version__)
         self._channels: dict[str, frozenset[str]] = {}  # device -> channels announced to Home Assistant
-        self.channel_limit = ChannelLimit(cfg.max_channels_per_device, self.detector.known_channels())
+        self.channel_sets = ChannelSets()
+        self.channel_limit = ChannelLimit(cfg.max_channels_per_device, self.detector.known_channels(), self.channel_sets)
         self.publisher = MqttPublisher(
             cfg.mqtt, cfg.gateway_id, self.info, Outbox(cfg.state_path, cfg.mqtt.outbox_cap), cfg.mqtt.telemetry_queue,
             announcements=self._discovery_configs,
@@ -319,11 +320,11 @@ class Daemon:
         for reading, result in zip(readings, results, strict=True):
             known = self._channels.get(reading.device)
             if known is None:
-                self._channels[reading.device] = frozenset(reading.values)
+                self._channels[reading.device] = self.channel_sets.get(reading.values)
                 self.publisher.publish_discovery(self.discovery.device(reading.device, reading.values))
             elif not known.issuperset(reading.values):  # announce only the channels Home Assistant lacks
                 new = frozenset(reading.values) - known
-                self._channels[reading.device] = known | new
+                self._channels[reading.device] = self.channel_sets.get(known | new)
                 self.publisher.publish_discovery(self.discovery.channels(reading.device, new))
             if self.availability.seen(reading.device, reading.time):
                 self.publisher.publish_availability(reading.device, True)

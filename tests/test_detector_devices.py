@@ -16,7 +16,7 @@ from gateway.detect.detector import Detector
 from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
 from gateway.service.state import StateStore
-from gateway.uplink.channel_limit import ChannelLimit
+from gateway.uplink.channel_limit import ChannelLimit, ChannelSets
 from tests.test_detector import FAST, StubScorer, series, two_faults
 
 
@@ -136,3 +136,15 @@ def test_a_restart_keeps_the_channel_cap_shut_from_the_detector_s_saved_channels
     kept, rejection = limit.apply(Reading("node", {"analog_input_0": 2.0, "analog_input_9": 2.0}, 2, -80.0, 7.0, 120.0))
     assert kept is not None and set(kept.values) == {"analog_input_0"}
     assert rejection is not None and rejection.reason == "too_many_channels"
+
+
+def test_devices_with_the_same_channels_share_one_set_and_a_new_channel_gives_its_device_another() -> None:
+    sets = ChannelSets()
+    limit = ChannelLimit(3, {"a": ["temperature_1"]}, sets)
+    for device in ("a", "b", "c"):
+        limit.apply(Reading(device, {"temperature_1": 1.0, "relative_humidity_2": 50.0}, 1, -80.0, 7.0, 60.0))
+    assert limit._known["a"] is limit._known["b"] is limit._known["c"]
+    assert sets.get(["relative_humidity_2", "temperature_1"]) is limit._known["a"]
+    limit.apply(Reading("b", {"temperature_1": 1.0, "voltage_3": 3.3}, 2, -80.0, 7.0, 120.0))
+    assert limit._known["b"] == {"temperature_1", "relative_humidity_2", "voltage_3"}
+    assert limit._known["a"] == limit._known["c"] == {"temperature_1", "relative_humidity_2"}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.records import RadioFrame, Rejected
 from gateway.service.state import StateStore
-from gateway.uplink.lorawan import SessionKeys, UplinkDecoder, _DeviceCrypto, build_uplink
+from gateway.uplink.lorawan import CRYPTO_CACHE, SessionKeys, UplinkDecoder, _DeviceCrypto, build_uplink
 
 # LoRaWAN 1.0 data uplink test vector from brocaar/lorawan's tests (quoted in DESIGN.md):
 # NwkSKey 02 x16, AppSKey 01 x16, DevAddr 01020304, FCnt 1, FPort 1, FCtrl ADR.
@@ -181,3 +181,31 @@ def test_mutated_vector_never_accepted_never_crashes(pos: int, xor: int, cut: in
     with pytest.raises(Rejected) as e:
         decoder.decode(frame(data))
     assert e.value.reason in REASONS
+
+
+def test_more_devices_than_the_cipher_cache_all_decode_and_the_cache_stays_bounded(store: StateStore) -> None:
+    """Cipher objects are kept for CRYPTO_CACHE devices: a fleet heard in turn past that makes
+    them again for each frame, and each frame still authenticates and decrypts."""
+    fleet = [SessionKeys(f"node-{i}", 0x26000000 + i, bytes([i % 256]) * 16, bytes([(i * 7) % 256]) * 16)
+             for i in range(CRYPTO_CACHE + 20)]
+    decoder = UplinkDecoder(fleet, store)
+    for fcnt in (1, 2):
+        for keys in fleet:
+            uplink = decoder.decode(frame(build_uplink(keys, fcnt, 1, keys.name.encode())))
+            assert (uplink.device, uplink.fcnt, uplink.payload) == (keys.name, fcnt, keys.name.encode())
+    assert decoder._crypto.cache_info().currsize == CRYPTO_CACHE
+    # An evicted device's replay is still a replay: the counters do not live in the cache.
+    with pytest.raises(Rejected) as rejected:
+        decoder.decode(frame(build_uplink(fleet[0], 2, 1, b"again")))
+    assert rejected.value.reason == "replay"
+
+
+def test_reloaded_keys_replace_the_kept_cipher_objects(store: StateStore) -> None:
+    decoder = UplinkDecoder([OTHER], store)
+    decoder.decode(frame(build_uplink(OTHER, 1, 1, b"old key")))
+    rekeyed = SessionKeys(OTHER.name, OTHER.dev_addr, bytes([9]) * 16, bytes([8]) * 16)
+    decoder.reload([rekeyed])
+    assert decoder.decode(frame(build_uplink(rekeyed, 2, 1, b"new key"))).payload == b"new key"
+    with pytest.raises(Rejected) as rejected:
+        decoder.decode(frame(build_uplink(OTHER, 3, 1, b"old key")))
+    assert rejected.value.reason == "bad_mic"

@@ -12,7 +12,6 @@ Broker: `--broker HOST:PORT`, else mosquitto when installed, else an embedded am
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import shutil
 import signal
@@ -104,6 +103,8 @@ class EmbeddedBroker:
     name = "embedded amqtt"
 
     def __init__(self, workdir: Path) -> None:
+        import asyncio  # here, not at the top: `lora-gateway run` imports this module and never needs it (1.6 MB)
+
         from amqtt.broker import Broker as AmqttBroker
 
         # Its log (a cancelled task's traceback at shutdown, among others) goes to a file, not over the view.
@@ -123,6 +124,8 @@ class EmbeddedBroker:
         asyncio.run_coroutine_threadsafe(self._broker.start(), self._loop).result(timeout=10)
 
     def stop(self) -> None:
+        import asyncio
+
         asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)

@@ -291,7 +291,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="throughput runs per variant; the median is reported")
     p.add_argument("--only", help=f"comma-separated sections to run: {', '.join(SECTIONS)} (default: all)")
     p.add_argument("--devices", type=int, default=1000, help="devices in the daemon section")
-    p.add_argument("--heard", type=int, help="readings from each device in the daemon section (default 70; --quick 3)")
+    p.add_argument("--heard", type=int, help="readings from each device in the daemon section (default 70; --quick 3; "
+                   "0: the daemon idle with its devices configured)")
     p.add_argument("--restart-full", action="store_true",
                    help="daemon section: instead of hearing the devices, start the daemon on a state database of "
                    "--devices devices with full detector buffers (bench.bench_detector's steady state: two channels "
@@ -387,7 +388,7 @@ def main() -> int:
                     f"{mem['rss_mb']:.0f}"]])
         elif "daemon" in sections:
             mem_devices = make_devices(workdir, args.devices)
-            heard = args.heard or (3 if args.quick else 70)
+            heard = args.heard if args.heard is not None else (3 if args.quick else 70)
             mem = daemon_memory_and_startup(workdir, broker, mem_devices, heard)
             results["daemon"] = {**mem, "heard": heard}
             table(f"Daemon with {args.devices:,} devices, each heard {heard} times (real process, pty, broker; "

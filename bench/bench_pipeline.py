@@ -18,12 +18,12 @@ The naive way needs torch (the [train] extra); a mosquitto binary must be instal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,23 @@ class Broker:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait()
+
+
+@contextlib.contextmanager
+def gateway_process(config: Path, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """`lora-gateway run` on `config`; stopped on the way out whatever happened inside: a daemon
+    left running keeps reopening its port's path, and a later run's pty may get that path."""
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=ROOT, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def make_devices(workdir: Path, count: int, prefix: str = "dev-") -> Path:
@@ -151,25 +169,22 @@ def latency_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, 
             f'model_root = "{workdir}/no-models"\n'
             f'[serial]\nport = "{module.port}"\n[mqtt]\nport = {broker.port}\nbase_topic = "{base}"\n'
         )
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
-                                   cwd=ROOT, stderr=subprocess.DEVNULL)
-        time.sleep(3)
-        rng = random.Random(2)
-        total = int(rate * seconds)
-        start = time.perf_counter()
-        for n in range(total):
-            due = start + n / rate
-            while (delay := due - time.perf_counter()) > 0:
-                time.sleep(delay)
-            dev = n % len(keys)
-            i = n // len(keys)
-            t, h = sensor_value(i, dev, rng)
-            frame = build_uplink(keys[dev], i, 1, lpp.encode([(1, "temperature", t), (2, "relative_humidity", h)]))
-            sent[(keys[dev].name, i)] = time.perf_counter()
-            module.send_frame(frame, -80, 7)
-        time.sleep(2)
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(15)
+        with gateway_process(config, stderr=subprocess.DEVNULL):
+            time.sleep(3)
+            rng = random.Random(2)
+            total = int(rate * seconds)
+            start = time.perf_counter()
+            for n in range(total):
+                due = start + n / rate
+                while (delay := due - time.perf_counter()) > 0:
+                    time.sleep(delay)
+                dev = n % len(keys)
+                i = n // len(keys)
+                t, h = sensor_value(i, dev, rng)
+                frame = build_uplink(keys[dev], i, 1, lpp.encode([(1, "temperature", t), (2, "relative_humidity", h)]))
+                sent[(keys[dev].name, i)] = time.perf_counter()
+                module.send_frame(frame, -80, 7)
+            time.sleep(2)
     sub.loop_stop()
     lat = sorted((arrived[k] - sent[k]) * 1000 for k in sent if k in arrived)
     return {
@@ -179,9 +194,8 @@ def latency_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, 
     }
 
 
-# Frames the daemon bench sends before it waits for their telemetry: a pty silently drops what
-# overflows its 4 KB line buffer while the daemon is busy (a module's UART without flow control
-# does the same), and the figures must be those of a daemon that heard every frame.
+# Frames the daemon bench sends before it waits for their telemetry, each sent again until it
+# arrives: the figures are then those of a daemon that heard every frame, checked, not assumed.
 _HEARD_CHUNK = 32
 _HEARD_TRIES = 5
 
@@ -211,42 +225,47 @@ def daemon_memory_and_startup(workdir: Path, broker: Broker, devices_file: Path,
             f'[serial]\nport = "{module.port}"\n[mqtt]\nport = {broker.port}\nbase_topic = "mem"\n'
         )
         start = time.perf_counter()
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
-                                   cwd=ROOT, stderr=subprocess.DEVNULL, env={**os.environ, "NOTIFY_SOCKET": str(notify)})
-        while b"READY=1" not in sock.recv(4096):
-            pass
-        ready_s = time.perf_counter() - start
-        rng = random.Random(3)
-        for i in range(frames_per_device):
-            frames = {}
-            for dev, k in enumerate(keys):
-                t, h = sensor_value(i, dev, rng)
-                frames[(k.name, i)] = build_uplink(k, i, 1, lpp.encode([(1, "temperature", t), (2, "relative_humidity", h)]))
-            pending = list(frames)
-            for chunk_start in range(0, len(pending), _HEARD_CHUNK):
-                chunk = pending[chunk_start:chunk_start + _HEARD_CHUNK]
-                for attempt in range(_HEARD_TRIES):
-                    missing = [key for key in chunk if key not in arrived.seen]
-                    if not missing:
-                        break
-                    resent += len(missing) if attempt else 0
-                    for key in missing:
-                        while not module.send_frame(frames[key], -80, 7):
-                            time.sleep(0.01)
-                    arrived.wait_for(missing, 2.0)
-                else:
-                    missing = [key for key in chunk if key not in arrived.seen]
-                    if missing:
-                        raise RuntimeError(f"the daemon did not publish {len(missing)} frames after "
-                                           f"{_HEARD_TRIES} sends each, e.g. {missing[0]}")
-        time.sleep(2)
-        status = dict(x.split(":", 1) for x in Path(f"/proc/{gateway.pid}/status").read_text().splitlines())
-        hwm, rss = (int(status[field].split()[0]) / 1024 for field in ("VmHWM", "VmRSS"))
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(15)
+        notified = {**os.environ, "NOTIFY_SOCKET": str(notify)}
+        with gateway_process(config, stderr=subprocess.DEVNULL, env=notified) as gateway:
+            while b"READY=1" not in sock.recv(4096):
+                pass
+            ready_s = time.perf_counter() - start
+            rng = random.Random(3)
+            for i in range(frames_per_device):
+                frames = {}
+                for dev, k in enumerate(keys):
+                    t, h = sensor_value(i, dev, rng)
+                    payload = lpp.encode([(1, "temperature", t), (2, "relative_humidity", h)])
+                    frames[(k.name, i)] = build_uplink(k, i, 1, payload)
+                resent += _send_until_heard(module, arrived, frames)
+            time.sleep(2)
+            status = dict(x.split(":", 1) for x in Path(f"/proc/{gateway.pid}/status").read_text().splitlines())
+            hwm, rss = (int(status[field].split()[0]) / 1024 for field in ("VmHWM", "VmRSS"))
     arrived.close()
     sock.close()
     return {"devices": len(keys), "ready_s": ready_s, "peak_rss_mb": hwm, "rss_mb": rss, "resent": resent}
+
+
+def _send_until_heard(module: Any, arrived: _Arrivals, frames: dict[tuple[str, int], bytes]) -> int:
+    """Send the frames _HEARD_CHUNK at a time, each again until its telemetry arrives; returns the
+    frames sent again. A frame still missing after _HEARD_TRIES sends is an error."""
+    resent = 0
+    keys = list(frames)
+    for chunk_start in range(0, len(keys), _HEARD_CHUNK):
+        missing = keys[chunk_start:chunk_start + _HEARD_CHUNK]
+        for attempt in range(_HEARD_TRIES):
+            resent += len(missing) if attempt else 0
+            for key in missing:
+                while not module.send_frame(frames[key], -80, 7):
+                    time.sleep(0.01)
+            arrived.wait_for(missing, 2.0)
+            missing = [key for key in missing if key not in arrived.seen]
+            if not missing:
+                break
+        else:
+            raise RuntimeError(f"the daemon did not publish {len(missing)} frames after {_HEARD_TRIES} sends each, "
+                               f"e.g. {missing[0]}")
+    return resent
 
 
 class _Arrivals:

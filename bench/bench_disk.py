@@ -3,7 +3,7 @@ CPU time a frame.
 
     python -m bench.bench_disk                        # 20 and 10,000 devices, 17 frames/s, 180 s each
     python -m bench.bench_disk --devices 20 --seconds 30 --rate 140
-    python -m bench.bench_disk --cpu 17,140           # CPU a frame at these rates instead (no strace)
+    python -m bench.bench_disk --cpu 0,17,140         # CPU a frame at these rates instead (no strace; 0: idle)
 
 A real `lora-gateway run` reads an emulated module on a pty, fed at `--rate` frames/s (17: one SF7
 channel, full), round robin over the devices, and publishes to a real mosquitto. Every device is
@@ -158,6 +158,8 @@ def gateway_run(workdir: Path, broker: Broker, devices_file: Path, rate: float, 
                 while (delay := start + i / rate - time.perf_counter()) > 0:
                     time.sleep(delay)
                 send(1 + i // n, i % n)
+            if not total:  # rate 0: the daemon idle, every device heard once before
+                time.sleep(seconds)
             elapsed = time.perf_counter() - start
             io_bytes = _io_write_bytes(pid) - io_start
             cpu = _cpu_s(pid) - cpu_start
@@ -215,7 +217,8 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=17.0, help="frames/s (default: 17, one SF7 channel)")
     p.add_argument("--seconds", type=float, default=180.0,
                    help="measured seconds per run (default: 180, three detector flushes and history intervals)")
-    p.add_argument("--cpu", help="comma-separated rates: measure CPU a frame at each, with the first device count")
+    p.add_argument("--cpu", help="comma-separated rates: measure CPU a frame at each, with the first device count "
+                   "(0: the daemon idle)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--floor-child", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -273,8 +276,9 @@ def main() -> int:
     if results["cpu"]:
         table(f"CPU of the daemon at radio rates, {counts[0]:,} devices (all threads, utime + stime)",
               ["frames/s", "frames", "CPU s", "CPU us a frame", "share of one core"],
-              [[f"{r['rate']:g}", f"{r['frames']:,}", f"{r['cpu_s']:.2f}", f"{r['cpu_s'] / r['frames'] * 1e6:,.0f}",
-                f"{r['cpu_s'] / r['seconds']:.1%}"] for r in results["cpu"]])
+              [[f"{r['rate']:g}", f"{r['frames']:,}", f"{r['cpu_s']:.2f}",
+                f"{r['cpu_s'] / r['frames'] * 1e6:,.0f}" if r["frames"] else "-",
+                f"{r['cpu_s'] / r['seconds']:.2%}"] for r in results["cpu"]])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

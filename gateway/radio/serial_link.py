@@ -14,6 +14,9 @@ from gateway.radio.dialects import Dialect
 from gateway.records import Rejected
 
 MAX_LINE = 1024  # a 255-byte frame hex-encoded with its envelope fits well inside
+# A read returns as soon as a byte arrives; the timeout only paces an idle loop (the daemon's
+# half-second housekeeping tick, its stop flag). 0.1 woke a quiet gateway ten times a second.
+READ_TIMEOUT_S = 0.5
 # Receive events can arrive while set-up replies are awaited (a module left receiving).
 _EVENT_PREFIXES = ("+RCV=", "+EVT:", "radio_rx", "radio_err")
 
@@ -46,7 +49,7 @@ class SerialLink:
         if not os.path.exists(self.cfg.port):
             raise ModuleError(f"{self.describe()}: no such port (is the module plugged in? ls /dev/serial/by-id/)")
         try:
-            return serial.Serial(self.cfg.port, self.cfg.effective_baud, timeout=0.1, write_timeout=2)
+            return serial.Serial(self.cfg.port, self.cfg.effective_baud, timeout=READ_TIMEOUT_S, write_timeout=2)
         except (serial.SerialException, OSError) as e:
             raise ModuleError(f"{self.describe()}: cannot open port: {e}") from None
 

@@ -61,7 +61,9 @@ class Detector:
         self.store = store
         self.scorer = scorer
         self._devices: dict[str, Device] = {}
-        self._dirty: set[tuple[str, str]] = set()
+        # Channels written at the next complete flush though unchanged (a model reload re-encodes them);
+        # a changed channel is one whose `seen` moved past its `saved`, no entry per reading.
+        self._rewrite: set[tuple[str, str]] = set()
         self._dirty_devices: set[str] = set()
         # Effective settings by the overrides that apply (channel, device, device/channel): the
         # channels that share them share one object (about 1.4 KB each).
@@ -102,7 +104,6 @@ class Detector:
         W = self.scorer.window
         ready_at = W + self.scorer.normalization.history // _MIN_HISTORY_FRACTION
         devices = self._devices
-        dirty = self._dirty
         isfinite = math.isfinite
         devs: list[Device] = []
         windows: list[np.ndarray] = []
@@ -133,7 +134,6 @@ class Detector:
                 if not isfinite(x):
                     continue  # a sensor error value is not a reading to learn from
                 seen = ch.seen = ch.seen + 1
-                dirty.add((device, name))
                 # During the warm-up the rules only learn (range, runs); after it they can flag.
                 flag = ch.rules(x, W) and seen > ready_at and seen > ch.cfg.warmup
                 first = n_windows
@@ -275,12 +275,15 @@ class Detector:
         """
         if self.store is None:
             return 0
-        dirty = self._dirty
+        # A scan of every channel, a comparison each: a set of the changed ones cost a tuple and a
+        # set entry a channel heard (about 200 bytes a device), kept until the channel is written.
+        rewrite = self._rewrite
         if complete:
-            due = dirty
+            due = [(device, name) for device, dev in self._devices.items() for name, ch in dev.channels.items()
+                   if ch.seen != ch.saved or (rewrite and (device, name) in rewrite)]
         else:
-            devices = self._devices
-            due = {key for key in dirty if (ch := devices[key[0]].channels[key[1]]).seen - ch.saved >= _SAVE_EVERY}
+            due = [(device, name) for device, dev in self._devices.items() for name, ch in dev.channels.items()
+                   if ch.seen - ch.saved >= _SAVE_EVERY]
         written = len(due) + len(self._dirty_devices)
         if written:
             persistence.save(self.store, self._devices, due, self._dirty_devices, self.model_label)
@@ -288,9 +291,9 @@ class Detector:
             ch = self._devices[device].channels[name]
             ch.saved = ch.seen
         if complete:
-            dirty.clear()
-        else:
-            dirty -= due
+            rewrite.clear()
+        elif rewrite:
+            rewrite.difference_update(due)
         self._dirty_devices.clear()
         return written
 
@@ -314,5 +317,5 @@ class Detector:
             raise
         for device, channels in rebuilt.items():
             self._devices[device].channels = channels
-            self._dirty.update((device, name) for name in channels)
+            self._rewrite.update((device, name) for name in channels)
 

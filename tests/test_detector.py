@@ -57,8 +57,7 @@ FAST = {"warmup": 200, "history": 200}
 # -- buffers and normalization ------------------------------------------------------------------
 
 def test_ring_buffer_keeps_the_last_values_in_order() -> None:
-    cfg = DetectorSettings().resolve("d", "c")
-    sc = Scale(1, window=4, history=6, cfg=cfg)
+    sc = Scale(1, window=4, history=6)
     for x in range(25):
         assert sc.add(float(x))
     assert sc.last_values(10).tolist() == [float(x) for x in range(15, 25)]
@@ -68,30 +67,29 @@ def test_ring_buffer_keeps_the_last_values_in_order() -> None:
     sc.add(200.0)
     assert sc.last_values(10).tolist() == [float(x) for x in range(191, 201)]
     assert sc.last_values(3).tolist() == [198.0, 199.0, 200.0]
-    sc = Scale(1, window=4, history=6, cfg=cfg)
+    sc = Scale(1, window=4, history=6)
     for x in range(25):
         sc.add(float(x))
     assert sc.last_values(3).tolist() == [22.0, 23.0, 24.0]
     assert sc.seen == 25
-    coarse = Scale(3, window=4, history=6, cfg=cfg)  # block means of 3 readings
+    coarse = Scale(3, window=4, history=6)  # block means of 3 readings
     assert [coarse.add(float(x)) for x in range(7)] == [False, False, True, False, False, True, False]
     assert coarse.last_values(2).tolist() == [1.0, 4.0]
 
 
 def test_scales_share_their_empty_arrays_until_their_first_value_and_their_first_score() -> None:
     cfg = DetectorSettings().resolve("d", "c")
-    a, b = Scale(4, window=4, history=6, cfg=cfg), Scale(4, window=4, history=6, cfg=cfg)
+    a, b = Scale(4, window=4, history=6), Scale(4, window=4, history=6)
     assert a.buf is b.buf and a.recent is b.recent  # a device's coarse scales cost no arrays at first
     for x in range(4):
         a.add(float(x))
     assert a.buf is not b.buf and len(b.buf) == 0 and a.last_values(1).tolist() == [1.5]
-    a.update_likelihood(1.0, low_scores=True)
+    a.update_likelihood(1.0, cfg)
     assert a.recent is not b.recent and len(b.recent) == 0 and len(a.recent) == cfg.average
 
 
 def test_a_scale_holds_memory_for_the_values_it_has_not_for_its_whole_length() -> None:
-    cfg = DetectorSettings().resolve("d", "c")
-    sc = Scale(1, window=16, history=128, cfg=cfg)
+    sc = Scale(1, window=16, history=128)
     assert len(sc.buf) == 0  # a channel heard once costs its coarse scales nothing yet
     for x in range(3):
         sc.add(float(x))
@@ -173,7 +171,7 @@ def test_absurd_readings_do_not_poison_the_statistics() -> None:
 
 
 def test_a_value_beyond_float32_is_kept_at_its_edge_not_as_inf() -> None:
-    sc = Scale(1, window=4, history=6, cfg=DetectorSettings().resolve("d", "c"))
+    sc = Scale(1, window=4, history=6)
     for x in (1e300, -1e300, 21.5):
         sc.add(x)
     edge = float(np.finfo(np.float32).max)
@@ -191,8 +189,9 @@ def test_ignored_and_non_finite_values_are_not_scored() -> None:
 # -- likelihood ---------------------------------------------------------------------------------
 
 def likelihoods(scores: list[float], average: int = 1, low: bool = False) -> list[float | None]:
-    sc = Scale(1, window=4, history=4, cfg=DetectorSettings(average=average).resolve("d", "c"))
-    return [sc.update_likelihood(s, low) for s in scores]
+    sc = Scale(1, window=4, history=4)
+    cfg = DetectorSettings(average=average, low_scores=low).resolve("d", "c")
+    return [sc.update_likelihood(s, cfg) for s in scores]
 
 
 def test_likelihood_is_none_until_enough_scores_then_low_for_usual_scores() -> None:

@@ -47,7 +47,8 @@ class Channel:
         self.lag = array("d")
         self.lag_length = window
         self.lpos = 0
-        self.scales = [Scale(base * s, window, history, cfg) for s in sorted(set(cfg.scales))]
+        # A tuple, 32 bytes smaller than a list: a channel's scales are fixed by its settings.
+        self.scales = tuple(Scale(base * s, window, history) for s in sorted(set(cfg.scales)))
         self.seen = 0
         self.saved = 0  # `seen` when the channel was last written to the state database
         self.over = 0

@@ -171,7 +171,7 @@ class Detector:
                     out_scores[name] = scores[j]  # the finest scale scored at this reading
                     judged = False
                     while j < end:
-                        if scored[j].update_likelihood(scores[j], cfg.low_scores) is not None:
+                        if scored[j].update_likelihood(scores[j], cfg) is not None:
                             judged = True
                         j += 1
                     if judged:

@@ -24,22 +24,22 @@ _NO_SCORES = array("d")
 
 class ScoreLikelihood:
     """The likelihood state of one stream of scores, a time scale's (`Scale` extends it): the
-    last `average` log-scores, and the running mean and variance of their means."""
+    last `average` log-scores, and the running mean and variance of their means. Its settings
+    (`average`, `history`, `low_scores`) come with each call from the channel's Tunables, shared by
+    every channel with the same settings: copied into every scale they cost 16 bytes a scale."""
 
-    __slots__ = ("average", "hcount", "hmean", "horizon", "hvar", "likelihood", "recent", "rpos", "rsum")
+    __slots__ = ("hcount", "hmean", "hvar", "likelihood", "recent", "rpos", "rsum")
 
-    def __init__(self, cfg: Tunables) -> None:
+    def __init__(self) -> None:
         self.likelihood: float | None = None
-        self.average = cfg.average
         self.recent = _NO_SCORES
         self.rpos = 0
         self.rsum = 0.0
-        self.horizon = cfg.history
-        self.hcount = 0  # scores seen, up to `horizon`
+        self.hcount = 0  # scores seen, up to `history`
         self.hmean = 0.0
         self.hvar = 0.0
 
-    def update_likelihood(self, score: float, low_scores: bool) -> float | None:
+    def update_likelihood(self, score: float, cfg: Tunables) -> float | None:
         """Likelihood that the recent scores are abnormal, given this new score.
 
         Numenta-style: the mean of the last `average` log-scores against a Gaussian of the
@@ -50,7 +50,7 @@ class ScoreLikelihood:
         t = math.log(score + _SCORE_FLOOR)  # squared errors are heavy-tailed; their log is near normal
         recent = self.recent
         if recent is _NO_SCORES:
-            recent = self.recent = array("d", bytes(8 * self.average))
+            recent = self.recent = array("d", bytes(8 * cfg.average))
         n_avg = len(recent)
         rpos = self.rpos
         self.rsum = rsum = self.rsum + (t - recent[rpos])
@@ -70,7 +70,7 @@ class ScoreLikelihood:
         if hcount >= _MIN_SCORES:
             std = math.sqrt(hvar) if hvar > _MIN_VAR else _MIN_STD
             z = delta / std
-            if low_scores:
+            if cfg.low_scores:
                 z = abs(z)
             result = 1.0 - 2.0 ** (-_neg_log10_tail(z) / 5.0)
             limit = _WINSOR * std
@@ -79,7 +79,7 @@ class ScoreLikelihood:
                 delta = limit
             elif not delta > -limit:
                 delta = -limit
-        horizon = self.horizon
+        horizon = cfg.history
         w = 1.0 / (hcount + 1 if hcount < horizon else horizon)
         self.hmean = hmean + w * delta
         self.hvar = (1.0 - w) * (hvar + w * delta * delta)
@@ -92,15 +92,15 @@ class ScoreLikelihood:
         """The running statistics as they are, so that a restart continues bit for bit."""
         return [self.rsum, self.hcount, self.hmean, self.hvar]
 
-    def restore(self, recent: array, stats: list[float]) -> None:
+    def restore(self, recent: array, stats: list[float], cfg: Tunables) -> None:
         """Into a new, empty state: the saved recent log-scores (oldest first) and `stats()`."""
         if recent:
-            self.recent = array("d", bytes(8 * self.average))
+            self.recent = array("d", bytes(8 * cfg.average))
         for v in recent[-len(self.recent) :]:
             self.recent[self.rpos] = v
             self.rpos = (self.rpos + 1) % len(self.recent)
         rsum, hcount, self.hmean, self.hvar = stats
-        self.hcount = min(int(hcount), self.horizon)
+        self.hcount = min(int(hcount), cfg.history)
         # A changed `average` keeps the newest means only: re-add them.
         self.rsum = rsum if len(recent) <= len(self.recent) else math.fsum(self.recent)
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from gateway.detect.channel import Channel, Device
+from gateway.detect.settings import Tunables
 from gateway.detect.windows import Scale
 from gateway.service.state import StateStore
 
@@ -72,7 +73,7 @@ def decode_channel(ch: Channel, blob: bytes, model: str) -> None:
             off += size
         scale = by_k.get(sh["k"])
         if scale is not None:  # a scale no longer configured is dropped; a new one starts empty
-            _load_scale(scale, sh, arrays, h["model"] == model, value_dtype)
+            _load_scale(scale, sh, arrays, h["model"] == model, value_dtype, ch.cfg)
 
 
 def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
@@ -90,14 +91,15 @@ def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
 
 
 def _load_scale(
-    scale: Scale, h: dict[str, Any], arrays: list[bytes], same_model: bool, value_dtype: type[np.floating]
+    scale: Scale, h: dict[str, Any], arrays: list[bytes], same_model: bool, value_dtype: type[np.floating],
+    cfg: Tunables,
 ) -> None:
     scale.load_values(np.frombuffer(arrays[0], dtype=value_dtype))
     scale.seen, scale.acc, scale.cnt = h["seen"], h["acc"], h["cnt"]
     if not same_model:
         return  # keep the values; relearn the new model's scores
     scale.likelihood = h["likelihood"]
-    scale.restore(array("d", arrays[1]), h["stats"])
+    scale.restore(array("d", arrays[1]), h["stats"], cfg)
 
 
 def _ordered(ring: array, pos: int, count: int) -> array:

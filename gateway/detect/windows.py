@@ -14,7 +14,6 @@ import numpy as np
 
 from gateway.detect.likelihood import ScoreLikelihood
 from gateway.detect.scoring import Normalization
-from gateway.detect.settings import Tunables
 
 _SCORE_CAP = 1e30  # scores are capped here: far beyond any alert, still finite
 _SLACK = 32  # buffer values past a scale's length: see Scale
@@ -43,8 +42,8 @@ class Scale(ScoreLikelihood):
 
     __slots__ = ("acc", "buf", "cnt", "end", "k", "length", "seen")
 
-    def __init__(self, k: int, window: int, history: int, cfg: Tunables) -> None:
-        super().__init__(cfg)
+    def __init__(self, k: int, window: int, history: int) -> None:
+        super().__init__()
         self.k = k
         self.length = window + history
         # The last `length` values are always one contiguous slice, values[end - length : end]:

@@ -12,7 +12,7 @@ MISSED_PERIODS = 3  # one or two lost packets are normal on LoRa; three in a row
 _LEARN_WEIGHT = 0.2
 
 
-@dataclass
+@dataclass(slots=True)  # one a device heard: 56 bytes with slots, 96 with its values kept apart
 class _Device:
     last_seen: float
     online: bool = True

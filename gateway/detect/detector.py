@@ -276,7 +276,7 @@ class Detector:
         if self.store is None:
             return 0
         # A scan of every channel, a comparison each: a set of the changed ones cost a tuple and a
-        # set entry a channel heard (about 200 bytes a device), kept until the channel is written.
+        # set entry a channel heard (about 300 bytes a device), kept until the channel is written.
         rewrite = self._rewrite
         if complete:
             due = [(device, name) for device, dev in self._devices.items() for name, ch in dev.channels.items()

@@ -240,21 +240,14 @@ class MqttPublisher:
             self._report_losses()
 
     def _last_states(self, waiting: set[str]) -> Iterator[tuple[str, str]]:
-        """The retained state and availability of each device kept at the reconnect, each with its
+        """The retained availability and state of each device kept at the reconnect, each with its
         newest payload when it goes, but those whose newest waits in the queue: a device's
         availability, then its state, as the daemon first publishes them."""
-        states = dict.fromkeys(self._last_state)
-        for device in list(self._last_availability):
-            topic = self.topic(f"{device}/availability")
-            if topic not in waiting:
-                yield topic, self._last_availability[device]
-            if device in states:
-                del states[device]
-                if (topic := self.topic(device)) not in waiting:
-                    yield topic, self._last_state[device]
-        for device in states:
-            if (topic := self.topic(device)) not in waiting:
-                yield topic, self._last_state[device]
+        for device in dict.fromkeys([*self._last_availability, *self._last_state]):
+            for topic, payload in ((self.topic(f"{device}/availability"), self._last_availability.get(device)),
+                                   (self.topic(device), self._last_state.get(device))):
+                if payload is not None and topic not in waiting:
+                    yield topic, payload
 
     def _retire_window(self) -> None:
         """Forget what the broker acknowledged (QoS 1, in order: MQTT 3.1.1, 4.6) or paho wrote

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from array import array
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -106,7 +107,7 @@ class Detector:
         devices = self._devices
         isfinite = math.isfinite
         devs: list[Device] = []
-        windows: list[np.ndarray] = []
+        windows: list[array] = []
         scored: list[Scale] = []  # the scale of each window
         floors: list[float] = []  # the least spread each window is normalized by: its channel's resolution
         grids: list[float] = []  # the grid each window's values lie on: its channel's resolution per value

@@ -14,8 +14,9 @@ bench.skab), averaged over the groups chosen from. For each group: the candidate
 two, scored on it (cross-validated); the candidate best on all three is what ships. A large gap
 between the two means the choice is fit to the data, not learned from it.
 
-Run: `nice python -m bench.cv [--ablation] [--json out.json]`; --ablation repeats it for the model
-alone (range and stuck rules off) and the model off (a zero scorer: the rules and the clip excess).
+Run: `nice python -m bench.cv [--ablation] [--json out.json] [--jobs 2]`; --ablation repeats it for
+the model alone (range and stuck rules off) and the model off (a zero scorer: the rules and the clip
+excess). The grid's points are recorded `--jobs` at a time, a process each; the replay is one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import itertools
 import json
 import math
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,16 @@ def load(scorer: Any, settings: dict[str, Any]) -> list[DevFile]:
         lk = record(Detector(scorer, cfg), rows, channels, name)
         files.append(DevFile("normal", name, None, None, lk))  # type: ignore[arg-type]
     return files
+
+
+def _record_point(job: tuple[bool, dict[str, Any]]) -> list[DevFile]:
+    """`load` in a worker process: the default model (a zero scorer where asked) under these settings."""
+    zero, settings = job
+    from gateway.detect.model_store import packaged_default_bundle
+    from gateway.detect.scoring import OnnxScorer
+
+    scorer = OnnxScorer(packaged_default_bundle())
+    return load(_ZeroScorer(scorer) if zero else scorer, settings)
 
 
 def _farm_nodes() -> list[tuple[str, list[str], list[Any]]]:
@@ -220,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(e.g. '{\"average\": 4}'), applied to every point of the likelihood grid; the alert "
                         "settings and the grid's are what is cross-validated")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--jobs", type=int, default=2, help="grid points recorded at once, one process each")
     args = parser.parse_args(argv)
     base = json.loads(args.settings)
 
@@ -234,10 +247,13 @@ def main(argv: list[str] | None = None) -> int:
                      ("model off (zero scorer)", _ZeroScorer(scorer), base)]
     results = {}
     for name, sc, settings in variants:
-        runs = {}
-        for point in LIKELIHOOD_GRID:
-            print(f"{name}: recording {point} ...", file=sys.stderr, flush=True)
-            runs[json.dumps(point, sort_keys=True)] = load(sc, {**settings, **point})
+        # Each point of the grid recorded in a process of its own, `--jobs` at a time.
+        print(f"{name}: recording {LIKELIHOOD_GRID} ...", file=sys.stderr, flush=True)
+        jobs = [(sc is not scorer, {**settings, **point}) for point in LIKELIHOOD_GRID]
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            recorded = list(pool.map(_record_point, jobs))
+        runs = {json.dumps(point, sort_keys=True): files for point, files in zip(LIKELIHOOD_GRID, recorded, strict=True)}
+        print(f"{name}: replaying the alert candidates ...", file=sys.stderr, flush=True)
         results[name] = res = cross_validate(runs)
         report(name, res)
     defaults = DetectorSettings()

@@ -29,7 +29,7 @@ from bench.tables import table  # noqa: E402
 from gateway.detect.model_store import compare_scores, packaged_default_bundle  # noqa: E402
 from gateway.detect.scoring import MODEL_FP32, MODEL_INT8, Normalization, OnnxScorer, session_options  # noqa: E402
 from models.arch import ModelConfig, build_model, count_params  # noqa: E402
-from models.cross_cpu import NO_VNNI_CPU, qemu, score_on_cpu  # noqa: E402
+from models.cross_cpu import contrasting_cpu, qemu, score_on_cpu  # noqa: E402
 from models.data import ANOMALIES, DetectionSet, auc, detection_set, event_set  # noqa: E402
 from models.export import QuantSpec, export_onnx, quantize, run  # noqa: E402
 from models.train import TrainOptions, train  # noqa: E402
@@ -146,11 +146,12 @@ def bench_quant_variants(fp32: Path, held: DetectionSet, threshold: float, repea
         np.save(work / "held.npy", held.windows)
         files = [quantize(fp32, work / f"q{i}.onnx", calib, spec) for i, spec in enumerate(variants)]
         here = score_on_cpu(files, work / "held.npy", work, None)
-        there = score_on_cpu(files, work / "held.npy", work, NO_VNNI_CPU) if emulate else [None] * len(files)
+        other = contrasting_cpu()
+        there = score_on_cpu(files, work / "held.npy", work, other) if emulate else [None] * len(files)
         for spec, q, s_here, s_there in zip(variants, files, here, there):
             label = (f"{spec.format} {'per-channel' if spec.per_channel else 'per-tensor'} "
                      f"{spec.activation[1:]}/{spec.weight[1:]} {'+Relu' if 'Relu' in spec.op_types else 'Gemm only'}")
-            no_vnni = ["not run (no qemu-x86_64)"] * 2 if s_there is None else [
+            emulated = ["not run (no qemu-x86_64)"] * 2 if s_there is None else [
                 f"{compare_scores(f, s_there, threshold).agreement:.2%}", f"{np.abs(s_there - s_here).max():.4f}"]
             rows.append([
                 label + (" (default)" if spec == QuantSpec() else ""),
@@ -158,12 +159,12 @@ def bench_quant_variants(fp32: Path, held: DetectionSet, threshold: float, repea
                 f"{ort_latency(q, x1, repeats):.1f}",
                 f"{ort_latency(q, x64, repeats):.1f}",
                 f"{compare_scores(f, s_here, threshold).agreement:.2%}",
-                *no_vnni,
+                *emulated,
             ])
     table(
-        f"Static int8 variants (same calibration windows); no-VNNI CPU: qemu -cpu {NO_VNNI_CPU}",
+        f"Static int8 variants (same calibration windows); the other U8S8 path: qemu -cpu {other}",
         ["quantization", "file bytes", "batch 1 (us)", "batch 64 (us)", "agreement here",
-         "agreement, no VNNI", "max |here - no VNNI|"],
+         f"agreement, {other}", f"max |here - {other}|"],
         rows,
     )
 

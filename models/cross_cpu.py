@@ -1,9 +1,10 @@
-"""Score ONNX models on another x86 CPU model, emulated by qemu-user, to see what a CPU without
-VNNI computes.
+"""Score ONNX models on another x86 CPU model, emulated by qemu-user, to see what a CPU on the
+other side of onnxruntime's saturation question computes.
 
 onnxruntime's U8S8 kernel multiplies with VPMADDUBSW on AVX2 CPUs without VNNI, and its int16
-pair sums saturate, so the same int8 file can score differently from one CPU to the next. qemu's
-`-cpu Haswell` (AVX2, no VNNI) runs one child process on that path. Debian's package: qemu-user.
+pair sums saturate, so the same int8 file can score differently from one CPU to the next: a CPU
+with VNNI, or without AVX2, takes a path that does not saturate. qemu runs one child process on
+the path this host does not take (`contrasting_cpu`). Debian's package: qemu-user.
 """
 
 from __future__ import annotations
@@ -11,11 +12,26 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 
-NO_VNNI_CPU = "Haswell"
+SATURATING_CPU = "Haswell"  # AVX2 without VNNI: the saturating path
+NON_SATURATING_CPU = "SandyBridge"  # AVX without AVX2: no VPMADDUBSW path at all
+_VNNI = {"avx512_vnni", "avx_vnni"}
+
+
+def contrasting_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The qemu CPU model whose U8S8 path is the other one from this host's: Haswell for a host
+    with VNNI (or without AVX2), SandyBridge for an AVX2 host without VNNI, which saturates itself."""
+    flags: set[str] = set()
+    with suppress(OSError):
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.partition(":")[2].split())
+                break
+    return NON_SATURATING_CPU if "avx2" in flags and not flags & _VNNI else SATURATING_CPU
 
 # The child imports onnxruntime and numpy only: every emulated import costs seconds.
 _SCORE = """

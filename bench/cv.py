@@ -236,20 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = json.loads(args.settings)
 
-    from gateway.detect.model_store import packaged_default_bundle
-    from gateway.detect.scoring import OnnxScorer
     from gateway.detect.settings import DetectorSettings
 
-    scorer = OnnxScorer(packaged_default_bundle())
-    variants: list[tuple[str, Any, dict[str, Any]]] = [("whole (model + likelihood + rules)", scorer, base)]
+    # (name, the model off, settings); each worker process opens the model itself.
+    variants: list[tuple[str, bool, dict[str, Any]]] = [("whole (model + likelihood + rules)", False, base)]
     if args.ablation:
-        variants += [("model alone (rules off)", scorer, {**base, "range_tolerance": 0, "stuck_runs": False}),
-                     ("model off (zero scorer)", _ZeroScorer(scorer), base)]
+        variants += [("model alone (rules off)", False, {**base, "range_tolerance": 0, "stuck_runs": False}),
+                     ("model off (zero scorer)", True, base)]
     results = {}
-    for name, sc, settings in variants:
+    for name, zero, settings in variants:
         # Each point of the grid recorded in a process of its own, `--jobs` at a time.
         print(f"{name}: recording {LIKELIHOOD_GRID} ...", file=sys.stderr, flush=True)
-        jobs = [(sc is not scorer, {**settings, **point}) for point in LIKELIHOOD_GRID]
+        jobs = [(zero, {**settings, **point}) for point in LIKELIHOOD_GRID]
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             recorded = list(pool.map(_record_point, jobs))
         runs = {json.dumps(point, sort_keys=True): files for point, files in zip(LIKELIHOOD_GRID, recorded, strict=True)}

@@ -16,7 +16,8 @@ between the two means the choice is fit to the data, not learned from it.
 
 Run: `nice python -m bench.cv [--ablation] [--json out.json] [--jobs 2]`; --ablation repeats it for
 the model alone (range and stuck rules off) and the model off (a zero scorer: the rules and the clip
-excess). The grid's points are recorded `--jobs` at a time, a process each; the replay is one.
+excess). The grid's points are recorded `--jobs` at a time, a process each, and the candidates replayed
+as many at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import itertools
 import json
 import math
+import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -166,19 +168,41 @@ def nab_pooled(run_by_group: dict[str, tuple[list[DevFile], Any]]) -> dict[str, 
     return {p: nab.normalized_score(labelled, detections, prof) for p, prof in nab.PROFILES.items()}
 
 
-def cross_validate(files_by_setting: dict[str, list[DevFile]]) -> dict[str, Any]:
-    """Nested over the likelihood settings (each key one recorded run, JSON) and the alert candidates."""
+# The recorded runs a replay worker reads: set before the pool forks, so that it is not pickled.
+_RUNS: dict[str, list[DevFile]] = {}
+
+
+def _alert_settings(c: tuple[int, int, float, float]) -> Any:
     from gateway.detect.settings import DetectorSettings
 
+    return DetectorSettings(warmup=c[0], min_duration=c[1], raise_threshold=c[3], clear_threshold=round(c[2] * c[3], 4))
+
+
+def _evaluate(kc: tuple[str, tuple[int, int, float, float]]) -> tuple[int, dict[str, dict[str, float]] | None]:
+    """One candidate replayed: its alerts on the normal data and, within the budget, its group scores."""
+    files, cfg = _RUNS[kc[0]], _alert_settings(kc[1])
+    alerts = normal_alerts(files, cfg)
+    return alerts, group_scores(files, cfg) if alerts <= BUDGET else None
+
+
+def cross_validate(files_by_setting: dict[str, list[DevFile]], jobs: int = 1) -> dict[str, Any]:
+    """Nested over the likelihood settings (each key one recorded run, JSON) and the alert candidates,
+    replayed `jobs` at a time (forked processes: each reads the recordings as they are here)."""
     alert_grid = list(itertools.product(WARMUP, MIN_DURATION, CLEAR_RATIO, RAISE))
-    cfgs = {c: DetectorSettings(warmup=c[0], min_duration=c[1], raise_threshold=c[3],
-                                clear_threshold=round(c[2] * c[3], 4)) for c in alert_grid}
+    cfgs = {c: _alert_settings(c) for c in alert_grid}
     candidates = [(key, c) for key in files_by_setting for c in alert_grid]
-    alerts = {(key, c): normal_alerts(files_by_setting[key], cfgs[c]) for key, c in candidates}
-    admissible = [kc for kc in candidates if alerts[kc] <= BUDGET]
+    _RUNS.clear()
+    _RUNS.update(files_by_setting)
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            evaluated = list(pool.map(_evaluate, candidates, chunksize=8))
+    else:
+        evaluated = list(map(_evaluate, candidates))
+    alerts = {kc: a for kc, (a, _) in zip(candidates, evaluated, strict=True)}
+    table = {kc: t for kc, (_, t) in zip(candidates, evaluated, strict=True) if t is not None}
+    admissible = [kc for kc in candidates if kc in table]
     if not admissible:
         raise SystemExit(f"no candidate raises at most {BUDGET} alerts on the normal data")
-    table = {(key, c): group_scores(files_by_setting[key], cfgs[c]) for key, c in admissible}
 
     def best(groups: tuple[str, ...]) -> tuple[str, Any]:
         return max(admissible, key=lambda kc: float(np.mean([table[kc][g]["standard"] for g in groups])))
@@ -232,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(e.g. '{\"average\": 4}'), applied to every point of the likelihood grid; the alert "
                         "settings and the grid's are what is cross-validated")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--jobs", type=int, default=2, help="grid points recorded at once, one process each")
+    parser.add_argument("--jobs", type=int, default=2, help="grid points recorded, and alert candidates replayed, "
+                        "this many at once, one process each")
     args = parser.parse_args(argv)
     base = json.loads(args.settings)
 
@@ -252,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             recorded = list(pool.map(_record_point, jobs))
         runs = {json.dumps(point, sort_keys=True): files for point, files in zip(LIKELIHOOD_GRID, recorded, strict=True)}
         print(f"{name}: replaying the alert candidates ...", file=sys.stderr, flush=True)
-        results[name] = res = cross_validate(runs)
+        results[name] = res = cross_validate(runs, args.jobs)
         report(name, res)
     defaults = DetectorSettings()
     whole = results[variants[0][0]]["chosen"]

@@ -58,17 +58,38 @@ def ctrl_c(proc: subprocess.Popen) -> int:
     return proc.wait(timeout=120)
 
 
+def test_demo_stops_cleanly_when_its_gateway_is_stopped_first(tmp_path: Path) -> None:
+    # The race behind a Ctrl-C that ended the demo with "the gateway exited with 0" and status 1: the
+    # gateway, in the demo's process group, had stopped on the signal before the demo handled its own.
+    proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=tmp_path)
+    try:
+        out = Output(proc.stdout.fileno())
+        workdir = out.wait_for(r"files in (\S+)", 25)[1]
+        out.wait_for(r"(?m)^pump-house +ok +score", 30)
+        (gateway,) = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
+                      f"{workdir}/config.toml".encode() in _cmdline(p)]
+        os.kill(gateway, signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = out.rest()
+    assert text.rstrip().endswith("demo: stopped") and "the gateway exited" not in text
+    assert processes_using(workdir) == [] and not Path(workdir).exists()
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
 def processes_using(workdir: str) -> list[str]:
     """Command lines of live processes that name the demo's working directory (its gateway, its broker)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if workdir in cmdline:
-            found.append(cmdline)
-    return found
+    return [line.decode() for entry in Path("/proc").iterdir() if workdir.encode() in (line := _cmdline(entry))]
 
 
 def test_demo_shows_devices_and_the_alert_then_stops_on_ctrl_c(tmp_path: Path) -> None:

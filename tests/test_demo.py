@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -58,23 +60,28 @@ def ctrl_c(proc: subprocess.Popen) -> int:
     return proc.wait(timeout=120)
 
 
+@contextmanager
+def piped_demo(cwd: Path) -> Iterator[tuple[subprocess.Popen[bytes], Output]]:
+    """The demo started in `cwd`, its output read from a pipe; killed with its group if a test leaves it running."""
+    proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+    try:
+        yield proc, Output(proc.stdout.fileno())  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def test_demo_stops_cleanly_when_its_gateway_is_stopped_first(tmp_path: Path) -> None:
     # The race behind a Ctrl-C that ended the demo with "the gateway exited with 0" and status 1: the
     # gateway, in the demo's process group, had stopped on the signal before the demo handled its own.
-    proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=tmp_path)
-    try:
-        out = Output(proc.stdout.fileno())
+    with piped_demo(tmp_path) as (proc, out):
         workdir = out.wait_for(r"files in (\S+)", 25)[1]
         out.wait_for(r"(?m)^pump-house +ok +score", 30)
         (gateway,) = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
                       f"{workdir}/config.toml".encode() in _cmdline(p)]
         os.kill(gateway, signal.SIGINT)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     text = out.rest()
     assert text.rstrip().endswith("demo: stopped") and "the gateway exited" not in text
     assert processes_using(workdir) == [] and not Path(workdir).exists()
@@ -97,10 +104,7 @@ def test_demo_shows_devices_and_the_alert_then_stops_on_ctrl_c(tmp_path: Path) -
     # starts must still import the installed packages, not that folder.
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "__init__.py").write_text("")
-    proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=tmp_path)
-    try:
-        out = Output(proc.stdout.fileno())
+    with piped_demo(tmp_path) as (proc, out):
         out.wait_for(r"broker mosquitto at 127\.0\.0\.1:\d+", 20)
         workdir = out.wait_for(r"files in (\S+)", 5)[1]
         for device in ("pump-house", "cold-room", "greenhouse"):
@@ -110,10 +114,6 @@ def test_demo_shows_devices_and_the_alert_then_stops_on_ctrl_c(tmp_path: Path) -
                      r"\[injected: level_shift on temperature_1\]", 60)
         out.wait_for(r"ALERT CLEARED cold-room", 30)
         assert ctrl_c(proc) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     text = out.rest()
     assert text.rstrip().endswith("demo: stopped") and "Traceback" not in text
     assert "the gateway exited" not in text

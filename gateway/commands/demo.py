@@ -208,12 +208,13 @@ def run_demo(args: argparse.Namespace) -> int:
             view.follow_injections(time.time())
             if tty:
                 view.draw()
-            if gateway.poll() == 0:
+            exit_code = gateway.poll()
+            if exit_code == 0:
                 # It exits 0 only when told to stop: a Ctrl-C reaches the whole group, and the gateway can
                 # be done before this thread handles its own (another thread may take the signal).
                 break
-            if gateway.poll() is not None:
-                print(f"demo: the gateway exited with {gateway.returncode}:\n{gateway_log.read_text()[-3000:]}",
+            if exit_code is not None:
+                print(f"demo: the gateway exited with {exit_code}:\n{gateway_log.read_text()[-3000:]}",
                       file=sys.stderr)
                 return 1
             if deadline is not None and time.monotonic() > deadline:

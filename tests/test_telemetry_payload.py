@@ -41,3 +41,8 @@ def test_every_finite_value_and_counter_reads_back_exactly(value: float, fcnt: i
 
 def test_a_value_no_json_number_can_hold_is_null_not_an_invalid_token() -> None:
     assert to_json({"a": math.nan, "b": [math.inf]}) == '{"a":null,"b":[null]}'
+
+
+def test_keys_that_are_not_strings_are_written_as_the_standard_library_writes_them() -> None:
+    payload = {"counts": {1: 2, 2.5: "b", None: 0}, "channels": ("a", "b")}
+    assert to_json(payload) == json.dumps(payload, separators=(",", ":"))

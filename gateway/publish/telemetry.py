@@ -10,10 +10,14 @@ import orjson
 from gateway.records import Reading
 
 
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
 def to_json(payload: object) -> str:
-    """Every payload's JSON: compact, keys in order, numpy scalars as numbers, NaN as null. The
-    standard library's encoder gave the same text at ten times the cost, a sixth of a frame's CPU."""
-    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    """Every payload's JSON: compact, keys in order (a number's as a string, as json.dumps writes
+    it), numpy scalars as numbers, NaN as null. The standard library's encoder gave the same text
+    at ten times the cost, a sixth of a frame's CPU."""
+    return orjson.dumps(payload, option=_OPTIONS).decode()
 
 
 def telemetry_payload(

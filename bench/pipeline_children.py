@@ -207,11 +207,12 @@ def child_naive(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_runtime(args: argparse.Namespace) -> dict[str, Any]:
     """The memory floor: a process that only imports what the daemon must (numpy, onnxruntime,
-    pydantic, cryptography, paho-mqtt, pyserial, sqlite3) and opens the default model."""
+    pydantic, cryptography, paho-mqtt, pyserial, orjson, sqlite3) and opens the default model."""
     import sqlite3  # noqa: F401
 
     import numpy  # noqa: F401
     import onnxruntime  # noqa: F401
+    import orjson  # noqa: F401
     import paho.mqtt.client  # noqa: F401
     import pydantic  # noqa: F401
     import serial  # noqa: F401

@@ -189,7 +189,6 @@ def cross_validate(files_by_setting: dict[str, list[DevFile]], jobs: int = 1) ->
     """Nested over the likelihood settings (each key one recorded run, JSON) and the alert candidates,
     replayed `jobs` at a time (forked processes: each reads the recordings as they are here)."""
     alert_grid = list(itertools.product(WARMUP, MIN_DURATION, CLEAR_RATIO, RAISE))
-    cfgs = {c: _alert_settings(c) for c in alert_grid}
     candidates = [(key, c) for key in files_by_setting for c in alert_grid]
     _RUNS.clear()
     _RUNS.update(files_by_setting)
@@ -208,7 +207,7 @@ def cross_validate(files_by_setting: dict[str, list[DevFile]], jobs: int = 1) ->
         return max(admissible, key=lambda kc: float(np.mean([table[kc][g]["standard"] for g in groups])))
 
     def chosen_settings(kc: tuple[str, Any]) -> dict[str, Any]:
-        return {**json.loads(kc[0]), **_settings(cfgs[kc[1]])}
+        return {**json.loads(kc[0]), **_settings(_alert_settings(kc[1]))}
 
     chosen = best(GROUPS)
     folds = {g: best(tuple(x for x in GROUPS if x != g)) for g in GROUPS}
@@ -218,9 +217,9 @@ def cross_validate(files_by_setting: dict[str, list[DevFile]], jobs: int = 1) ->
                           "candidates": len(candidates)},
         "chosen": chosen_settings(chosen),
         "in_sample": table[chosen],
-        "nab18_in_sample": nab_pooled({g: (files, cfgs[chosen[1]]) for g in GROUPS}),
+        "nab18_in_sample": nab_pooled({g: (files, _alert_settings(chosen[1])) for g in GROUPS}),
         "folds": {g: {"chosen": chosen_settings(kc), "held_out": table[kc][g]} for g, kc in folds.items()},
-        "nab18_cv": nab_pooled({g: (files_by_setting[kc[0]], cfgs[kc[1]]) for g, kc in folds.items()}),
+        "nab18_cv": nab_pooled({g: (files_by_setting[kc[0]], _alert_settings(kc[1])) for g, kc in folds.items()}),
     }
 
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.detect.alerts import AlertTransition, alert_step
-from gateway.detect.channel import Channel
+from gateway.detect.channel import STUCK, Channel
 from gateway.detect.detector import Detector
 from gateway.detect.likelihood import _MIN_SCORES
 from gateway.detect.scoring import Normalization
@@ -271,10 +271,25 @@ def test_a_run_of_identical_readings_longer_than_usual_is_stuck() -> None:
     rng = np.random.default_rng(3)
     assert not any(ch.rules(float(v), hold=1) for v in np.round(rng.normal(0, 1, 200), 1))  # runs of 1-2
     flags = [ch.rules(0.5, hold=1) for _ in range(12)]
-    assert flags.index(True) == 7 and all(flags[7:])  # 8 identical readings
+    assert flags.index(STUCK) == 7 and all(flags[7:])  # 8 identical readings
     assert not channel(stuck_runs=False).rules(0.5, hold=1)
     flat = channel(range_tolerance=0)
     assert not any(flat.rules(45.0, hold=1) for _ in range(500))  # a flat-lining channel from the start
+
+
+def test_a_stuck_run_is_not_learned_by_the_time_scales() -> None:
+    det = Detector(StubScorer(), DetectorSettings(**FAST))
+    x = np.round(series(600), 1)
+    x[400:500] = x[400]
+    run(det, x[:500])
+    ch = det._devices["d1"].channels["temperature_1"]
+    # The channel's runs were at most 4 long, so the rules flag the run from its ninth identical
+    # reading on: the scales took the readings up to then, and none after.
+    assert ch.longest == 4 and ch.seen == 500 and ch.scales[0].seen == 408
+    tail = ch.scales[0].last_values(9)
+    assert tail[0] == np.float32(x[399]) and (tail[1:] == np.float32(x[400])).all()
+    run(det, x[500:], start=500)
+    assert ch.scales[0].seen == 508
 
 
 # -- alert state machine ------------------------------------------------------------------------

@@ -135,3 +135,15 @@ def test_settings_reach_the_model_path(scorer: OnnxScorer) -> None:
     assert not any(o.scores for o in feed(quiet, x))
     late = Detector(scorer, DetectorSettings(channels={"temperature_1": {"warmup": 2100}}))
     assert not any(o.transition for o in feed(late, x[:2100]))
+
+
+def test_a_stuck_sensor_raises_one_alert_and_its_recovery_none(scorer: OnnxScorer) -> None:
+    """Read to 0.1 as Cayenne LPP carries it: 120 identical readings, then the sensor reads again.
+    Its scales did not learn the run, so its first ordinary readings after it are judged against
+    the readings before it, not against a spread of nearly nothing (a second alert, before)."""
+    x = np.round(sensor(3000, seed=11), 1)
+    x[FAULT_START : FAULT_START + 120] = x[FAULT_START]
+    outs = feed(Detector(scorer), x)
+    transitions = [(i, o.transition.state) for i, o in enumerate(outs) if o.transition]
+    assert [state for _, state in transitions] == ["raised", "cleared"], transitions
+    assert FAULT_START <= transitions[0][0] < FAULT_START + 120 <= transitions[1][0]

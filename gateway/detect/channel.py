@@ -12,6 +12,8 @@ from gateway.detect.windows import Scale
 
 _MIN_CHANGES = 32  # changes of value before runs of identical readings are judged
 _MIN_STUCK = 8  # the shortest run of identical readings that can be "stuck"
+OUT_OF_RANGE = 1  # what `Channel.rules` found, as bits: a reading beyond the range (or held after one)
+STUCK = 2  # a run of identical readings longer than the channel's usual
 
 
 class Channel:
@@ -64,8 +66,8 @@ class Channel:
         self.changes = 0
         self.step = math.inf  # the smallest change between readings: the sensor's resolution, roughly
 
-    def rules(self, x: float, hold: int) -> bool:
-        """Update range and runs with x; True if x is out of range or a stuck run (see the settings).
+    def rules(self, x: float, hold: int) -> int:
+        """Update range and runs with x; OUT_OF_RANGE and STUCK bits for what x is (see the settings).
 
         An out-of-range reading stays anomalous for `hold` readings, while it is in the model's
         window, so that the alert it raises does not clear at the next ordinary reading.
@@ -109,11 +111,14 @@ class Channel:
             run = 1
             self.changes += 1
         self.run = run
+        found = 0
         if self.hold > 0:
             self.hold -= 1
-            return True
+            found = OUT_OF_RANGE
         # Stuck: at least _MIN_STUCK long and longer than twice the longest run before.
-        return cfg.stuck_runs and self.changes >= _MIN_CHANGES and run >= _MIN_STUCK and run > 2 * self.longest
+        if cfg.stuck_runs and self.changes >= _MIN_CHANGES and run >= _MIN_STUCK and run > 2 * self.longest:
+            found |= STUCK
+        return found
 
 
 class Device:

@@ -30,7 +30,7 @@ import numpy as np
 
 from gateway.detect import persistence
 from gateway.detect.alerts import AlertTransition, alert_step, device_transition
-from gateway.detect.channel import Channel, Device
+from gateway.detect.channel import STUCK, Channel, Device
 from gateway.detect.settings import DetectorSettings, Tunables
 from gateway.detect.windows import Scale, Scorer, score_windows
 from gateway.records import Reading
@@ -135,10 +135,15 @@ class Detector:
                 if not isfinite(x):
                     continue  # a sensor error value is not a reading to learn from
                 seen = ch.seen = ch.seen + 1
+                found = ch.rules(x, W)
                 # During the warm-up the rules only learn (range, runs); after it they can flag.
-                flag = ch.rules(x, W) and seen > ready_at and seen > ch.cfg.warmup
+                flag = found != 0 and seen > ready_at and seen > ch.cfg.warmup
                 first = n_windows
-                for scale in ch.scales:
+                # A stuck sensor's readings say nothing of what it measures: its time scales do not
+                # take them. Learned, they became the normalization history that the sensor's first
+                # ordinary readings after the run were judged against, a spread of nearly nothing,
+                # and raised a second alert one window after the stuck alert cleared.
+                for scale in () if found & STUCK else ch.scales:
                     if scale.add(x) and scale.seen >= ready_at:
                         windows.append(scale.window())
                         scored.append(scale)

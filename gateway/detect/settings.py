@@ -35,16 +35,16 @@ class Tunables(BaseModel):
         "at a 5 s period, 10 hours at 60 s; better at least a daily cycle of the sensor.",
     )
     raise_threshold: float = Field(
-        0.38, gt=0, le=1,
+        0.4, gt=0, le=1,
         description="Raise when the anomaly likelihood reaches this. Likelihood 1 - 2^(-u/5) with u = "
         "-log10(chance that the recent scores are normal): 0.35 = a 1e-3 chance, 0.5 = 1e-5, 0.75 = 1e-10.",
     )
     clear_threshold: float = Field(
-        0.228, ge=0, lt=1,
+        0.24, ge=0, lt=1,
         description="Clear when every raised channel's likelihood falls below this (< raise_threshold).",
     )
     min_duration: int = Field(
-        2, ge=1, description="Consecutive readings at or above raise_threshold before the alert is raised."
+        3, ge=1, description="Consecutive readings at or above raise_threshold before the alert is raised."
     )
     ignore: list[str] = Field(
         default_factory=list,

@@ -139,6 +139,40 @@ def child_stages(args: argparse.Namespace) -> dict[str, Any]:
     return {"frames": n, **{name: seconds / n * 1e6 for name, seconds in stages.items()}}
 
 
+STAGE_ORDER = ("pipeline", "detector", "payload", "history")
+
+
+def child_work(args: argparse.Namespace) -> dict[str, Any]:
+    """The daemon's stages up to `--upto`, batch by batch as the daemon interleaves them, over the
+    first `--count` lines, on a clock of 1,000 lines a second; no broker. Run under valgrind by
+    bench.bench_instructions, at two lengths: what the second costs more is per frame."""
+    import gateway
+    from gateway.publish.telemetry import telemetry_payload
+
+    daemon, lines = _daemon(args)
+    lines = lines[: args.count]
+    depth = STAGE_ORDER.index(args.upto)
+    batch = args.batch
+    clock = 1.78e9
+    for i in range(0, len(lines), batch):
+        now = clock + i / 1000
+        readings = daemon.pipeline.process(lines[i : i + batch], now).readings
+        if depth < 1:
+            continue
+        outs = daemon.detector.observe(readings)
+        if depth < 2:
+            continue
+        pairs = list(zip(readings, outs, strict=True))
+        payloads = [telemetry_payload(r, o.alert_state, o.score, o.likelihood) for r, o in pairs]
+        if depth < 3:
+            continue
+        daemon.history.append([(r.device, r.time, p, o.score, o.alert_state)
+                               for (r, o), p in zip(pairs, payloads, strict=True)])
+    if depth >= 3:
+        daemon.history.close()
+    return {"frames": len(lines), "gateway": str(Path(gateway.__file__).resolve().parents[1])}
+
+
 def child_naive(args: argparse.Namespace) -> dict[str, Any]:
     """What most tutorials write: per packet, parse the line, check the MIC and decrypt with cipher
     objects made for that packet, run the float torch model on the channel's window, publish."""
@@ -257,7 +291,7 @@ def child_paho(args: argparse.Namespace) -> dict[str, Any]:
 
 
 CHILDREN = {"gateway": child_gateway, "stages": child_stages, "naive": child_naive, "runtime": child_runtime,
-            "paho": child_paho}
+            "paho": child_paho, "work": child_work}
 
 
 def main() -> int:
@@ -270,6 +304,8 @@ def main() -> int:
     p.add_argument("--window", type=int, default=0, help="detector window (default: the model's)")
     p.add_argument("--qos", type=int, default=0, choices=(0, 1), help="the gateway's telemetry QoS")
     p.add_argument("--messages", type=int, default=40_000, help="messages the paho floor publishes")
+    p.add_argument("--count", type=int, default=0, help="lines the work child processes")
+    p.add_argument("--upto", default="history", choices=STAGE_ORDER, help="the work child's last stage")
     args = p.parse_args()
     print(json.dumps(CHILDREN[args.kind](args)))
     return 0

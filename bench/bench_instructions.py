@@ -3,9 +3,9 @@
     python -m bench.bench_instructions [--against REF] [--stages] [--devices 20] [--warm 100] [--frames 1000]
 
 The throughput section's ratio moves with the shared host more than a change of a few
-microseconds a frame does (README, "Performance"). Here the daemon's path without MQTT (line to
-reading, detector, state payload, history; `bench.pipeline_children work`) runs in a fresh
-interpreter under valgrind's callgrind, once over `--warm` readings a device plus
+microseconds a frame does (README, "Performance"). Here the stages of that section's table but MQTT
+(line to reading, detector, state payload, history; `bench.pipeline_children work`; not the daemon's
+checks around them: discovery, availability, warm-up figures) run in a fresh interpreter under valgrind's callgrind, once over `--warm` readings a device plus
 `--frames` lines and once over `--warm` plus twice `--frames`: what the second run executes more is
 `--frames` frames past the warm-up, with start-up, imports and the model's loading cancelled out.
 With `--stages`, each stage's share too: the difference between the runs that stop after it and

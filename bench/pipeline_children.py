@@ -96,6 +96,11 @@ def child_gateway(args: argparse.Namespace) -> dict[str, Any]:
             "rss_mb": peak_rss_mb(), "rejected": sum(daemon.pipeline.rejections.counts.values())}
 
 
+def _history_entries(pairs: list[tuple[Any, Any]], payloads: list[str]) -> list[tuple[Any, ...]]:
+    """The history's rows of (reading, detector output) pairs and their payloads, as the daemon makes them."""
+    return [(r.device, r.time, p, o.score, o.alert_state) for (r, o), p in zip(pairs, payloads, strict=True)]
+
+
 def child_stages(args: argparse.Namespace) -> dict[str, Any]:
     """Where a frame's time goes: the daemon's stages one after another over all the lines, each
     alone (CPU us per frame). Alone they miss what they cost each other when interleaved
@@ -118,7 +123,7 @@ def child_stages(args: argparse.Namespace) -> dict[str, Any]:
     results = timed("detector", lambda: [daemon.detector.observe(readings) for readings in batches])
     pairs = [(r, o) for readings, outs in zip(batches, results, strict=True) for r, o in zip(readings, outs, strict=True)]
     payloads = timed("payload", lambda: [telemetry_payload(r, o.alert_state, o.score, o.likelihood) for r, o in pairs])
-    entries = [(r.device, r.time, p, o.score, o.alert_state) for (r, o), p in zip(pairs, payloads, strict=True)]
+    entries = _history_entries(pairs, payloads)
     # Rows are written every few seconds, and at close: the stage is every append and that last write.
     timed("history", lambda: ([daemon.history.append(entries[i:i + batch]) for i in range(0, len(entries), batch)],
                               daemon.history.close()))
@@ -166,8 +171,7 @@ def child_work(args: argparse.Namespace) -> dict[str, Any]:
         payloads = [telemetry_payload(r, o.alert_state, o.score, o.likelihood) for r, o in pairs]
         if depth < 3:
             continue
-        daemon.history.append([(r.device, r.time, p, o.score, o.alert_state)
-                               for (r, o), p in zip(pairs, payloads, strict=True)])
+        daemon.history.append(_history_entries(pairs, payloads))
     if depth >= 3:
         daemon.history.close()
     return {"frames": len(lines), "gateway": str(Path(gateway.__file__).resolve().parents[1])}

@@ -224,12 +224,16 @@ def build_bundle(
         log("checking parity")
         threshold = float(np.percentile(f_scores[held.labels == 0], opts.threshold_quantile))
         fig = compare_scores(f_scores, run(int8, held.windows), threshold)
-        site_figs = []
         for site in site_checks:
+            if site.constant:
+                log(site.not_judged())
+        judged = [(series, site) for series, site in zip(opts.site, site_checks, strict=True) if not site.constant]
+        site_figs = []
+        for _, site in judged:
             site_f = run(fp32, site.windows)
             site_figs.append(compare_scores(site_f, run(int8, site.windows), alert_threshold(site_f)))
         weights = opts.source.get("weights", {}).get("file", "the weights")
-        for source, f in [("synthetic held windows", fig), *zip((s.source for s in site_checks), site_figs)]:
+        for source, f in [("synthetic held windows", fig), *zip((s.source for _, s in judged), site_figs)]:
             log(f"parity on {source}: {f.summary()}")
             if f.agreement < opts.min_agreement:
                 raise BundleError(
@@ -286,7 +290,7 @@ def build_bundle(
         if opts.site:  # only then: the shipped default's manifest stays the same bytes when rebuilt
             manifest["calibration"]["site"] = [_site_record(p, c.windows) for p, c in zip(opts.site, site_calib)]
             manifest["parity"]["site"] = [
-                {**_site_record(p, s.windows), **f.to_manifest()} for p, s, f in zip(opts.site, site_checks, site_figs)
+                {**_site_record(p, s.windows), **f.to_manifest()} for (p, s), f in zip(judged, site_figs, strict=True)
             ]
         write_manifest(work, manifest)
         verify_bundle(work, min_agreement=opts.min_agreement)

@@ -695,3 +695,22 @@ def test_unsupported_peft_fields_are_refused_by_name(
         read_adapter(adapter, load_weights(trained).model)
     edit_adapter_config(adapter, **{field: None})  # peft writes null for an unset field
     read_adapter(adapter, load_weights(trained).model)
+
+
+def test_a_constant_site_series_is_calibrated_on_and_not_judged(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every window of a flat series normalizes to zeros: its p99 threshold is every float score, and
+    # int8's rounding alone put each window on a side of it (0.00% agreement, NAB's art_flatline).
+    csv, _ = write_site_csv(tmp_path / "site.csv")
+    flat = tmp_path / "flat.csv"
+    flat.write_text("timestamp,value\n" + "".join(f"2024-01-01 00:{i % 60:02d}:00,3.3\n" for i in range(1000)))
+    root = tmp_path / "store"
+    assert cli("model", "install", str(trained), "--csv", str(csv), "--csv", str(flat), "--root", str(root)) == 0
+    err = capsys.readouterr().err
+    assert "parity on flat.csv: not judged, its" in err and "parity on site.csv: int8 and float alerts agree on" in err
+    manifest = json.loads((root / "tiny" / "0.1.0" / "manifest.json").read_text())
+    assert [c["file"] for c in manifest["calibration"]["site"]] == ["site.csv", "flat.csv"]
+    assert [c["file"] for c in manifest["parity"]["site"]] == ["site.csv"]
+    assert cli("model", "verify", str(root / "tiny" / "0.1.0"), "--csv", str(flat)) == 0
+    assert "parity on flat.csv: not judged" in capsys.readouterr().err

@@ -32,6 +32,15 @@ class HeldSet:
     windows: np.ndarray  # float32 [N, W]
     normal: np.ndarray  # bool [N]; the threshold is taken on these
 
+    @property
+    def constant(self) -> bool:
+        """Every window the same (a constant series): the p99 threshold equals every float score, and
+        int8's rounding alone would decide each window's side of it, so there is no alert to compare."""
+        return bool((self.windows == self.windows[:1]).all())
+
+    def not_judged(self) -> str:
+        return f"parity on {self.source}: not judged, its {len(self.windows)} windows are all the same (a constant series)"
+
 
 def read_csv_series(path: Path) -> np.ndarray:
     """Values of a `timestamp,value` CSV (NAB layout; the last column is the value).

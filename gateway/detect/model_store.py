@@ -189,6 +189,10 @@ def verify_bundle(
     checks = [(own, own_threshold), (bundles_own, own_threshold)]
     for series in site:
         site_windows = site_held(series, int8.window, int8.normalization)
+        if site_windows.constant:
+            if report is not None:
+                report(site_windows.not_judged())
+            continue
         checks.append((site_windows, alert_threshold(fp32.score(site_windows.windows))))
     for held, threshold in checks:
         fig = compare_scores(fp32.score(held.windows), int8.score(held.windows), threshold)

@@ -14,7 +14,7 @@ bench.skab), averaged over the groups chosen from. For each group: the candidate
 two, scored on it (cross-validated); the candidate best on all three is what ships. A large gap
 between the two means the choice is fit to the data, not learned from it.
 
-Run: `nice python -m bench.cv [--ablation] [--json out.json] [--jobs 2]`; --ablation repeats it for
+Run: `nice python -m bench.cv [--ablation] [--bundle DIR] [--json out.json] [--jobs 2]`; --ablation repeats it for
 the model alone (range and stuck rules off) and the model off (a zero scorer: the rules and the clip
 excess). The grid's points are recorded `--jobs` at a time, a process each, and the candidates replayed
 as many at a time.
@@ -113,13 +113,13 @@ def load(scorer: Any, settings: dict[str, Any]) -> list[DevFile]:
     return files
 
 
-def _record_point(job: tuple[bool, dict[str, Any]]) -> list[DevFile]:
-    """`load` in a worker process: the default model (a zero scorer where asked) under these settings."""
-    zero, settings = job
+def _record_point(job: tuple[bool, dict[str, Any], Path | None]) -> list[DevFile]:
+    """`load` in a worker process: the model (a zero scorer where asked) under these settings."""
+    zero, settings, bundle = job
     from gateway.detect.model_store import packaged_default_bundle
     from gateway.detect.scoring import OnnxScorer
 
-    scorer = OnnxScorer(packaged_default_bundle())
+    scorer = OnnxScorer(bundle or packaged_default_bundle())
     return load(_ZeroScorer(scorer) if zero else scorer, settings)
 
 
@@ -254,11 +254,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="{}", help="detector settings as JSON for the likelihoods "
                         "(e.g. '{\"average\": 4}'), applied to every point of the likelihood grid; the alert "
                         "settings and the grid's are what is cross-validated")
+    parser.add_argument("--bundle", type=Path, help="a model bundle to cross-validate instead of the packaged "
+                        "default (one `lora-gateway model train --bundle` wrote)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--jobs", type=int, default=2, help="grid points recorded, and alert candidates replayed, "
                         "this many at once, one process each")
     args = parser.parse_args(argv)
     base = json.loads(args.settings)
+    if args.bundle is not None:
+        from gateway.detect.scoring import BundleError, read_manifest
+
+        try:  # here, not in each worker's traceback
+            read_manifest(args.bundle)
+        except BundleError as e:
+            parser.error(str(e))
 
     from gateway.detect.settings import DetectorSettings
 
@@ -271,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, zero, settings in variants:
         # Each point of the grid recorded in a process of its own, `--jobs` at a time.
         print(f"{name}: recording {LIKELIHOOD_GRID} ...", file=sys.stderr, flush=True)
-        jobs = [(zero, {**settings, **point}) for point in LIKELIHOOD_GRID]
+        jobs = [(zero, {**settings, **point}, args.bundle) for point in LIKELIHOOD_GRID]
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             recorded = list(pool.map(_record_point, jobs))
         runs = {json.dumps(point, sort_keys=True): files for point, files in zip(LIKELIHOOD_GRID, recorded, strict=True)}

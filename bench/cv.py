@@ -14,10 +14,11 @@ bench.skab), averaged over the groups chosen from. For each group: the candidate
 two, scored on it (cross-validated); the candidate best on all three is what ships. A large gap
 between the two means the choice is fit to the data, not learned from it.
 
-Run: `nice python -m bench.cv [--ablation] [--bundle DIR] [--json out.json] [--jobs 2]`; --ablation repeats it for
-the model alone (range and stuck rules off) and the model off (a zero scorer: the rules and the clip
-excess). The grid's points are recorded `--jobs` at a time, a process each, and the candidates replayed
-as many at a time.
+Run: `nice python -m bench.cv [--ablation] [--budget N] [--bundle DIR] [--json out.json] [--jobs 2]`;
+--ablation repeats it for the model alone (range and stuck rules off) and the model off (a zero
+scorer: the rules and the clip excess); --budget changes the false-alert budget below, --bundle the
+model. The grid's points are recorded `--jobs` at a time, a process each, and the candidates
+replayed as many at a time.
 """
 
 from __future__ import annotations

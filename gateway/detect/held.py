@@ -39,7 +39,8 @@ class HeldSet:
         return bool((self.windows == self.windows[:1]).all())
 
     def not_judged(self) -> str:
-        return f"parity on {self.source}: not judged, its {len(self.windows)} windows are all the same (a constant series)"
+        n = len(self.windows)
+        return f"parity on {self.source}: not judged, its {n} windows are all the same (a constant series)"
 
 
 def read_csv_series(path: Path) -> np.ndarray:

@@ -242,8 +242,8 @@ def main() -> int:
             ours = gateway_run(workdir, broker, devices_file, args.rate, args.seconds)
             results["disk"].append({"gateway": ours, "floor": floor})
             shutil.rmtree((workdir / "run").resolve(), ignore_errors=True)
-        for rate in [float(x) for x in args.cpu.split(",")] if args.cpu else []:
-            workdir = top / f"cpu{rate:g}"
+        for i, rate in enumerate([float(x) for x in args.cpu.split(",")] if args.cpu else []):
+            workdir = top / f"cpu{i}-{rate:g}"  # a rate may be given twice, to see the runs' spread
             workdir.mkdir()
             results["cpu"].append(gateway_run(workdir, broker, make_devices(workdir, counts[0]), rate, args.seconds,
                                               traced=False))

@@ -3,7 +3,7 @@
     python -m bench.bench_instructions [--against REF] [--stages] [--devices 20] [--warm 100] [--frames 1000]
 
 The throughput section's ratio moves with the shared host more than a change of a few
-microseconds a frame does (README, "Performance"). Here the stages of that section's table but MQTT
+microseconds a frame does (bench/PERFORMANCE.md). Here the stages of that section's table but MQTT
 (line to reading, detector, state payload, history; `bench.pipeline_children work`; not the daemon's
 checks around them: discovery, availability, warm-up figures) run in a fresh interpreter under valgrind's callgrind, once over `--warm` readings a device plus
 `--frames` lines and once over `--warm` plus twice `--frames`: what the second run executes more is

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shutil
 import stat
 import subprocess
@@ -267,3 +268,9 @@ def test_parity_on_a_channel_of_the_gateways_history(
         capsys.readouterr().err
     )
     assert not root.exists()
+
+
+def test_a_bundle_error_crosses_a_process_boundary_whole() -> None:
+    error = pickle.loads(pickle.dumps(BundleError("/models/x/model.onnx", "sha256 mismatch")))
+    assert isinstance(error, BundleError) and error.path == Path("/models/x/model.onnx")
+    assert error.why == "sha256 mismatch" and str(error) == "/models/x/model.onnx: sha256 mismatch"

@@ -31,6 +31,11 @@ class BundleError(Exception):
         self.path = Path(path)
         self.why = why
 
+    def __reduce__(self) -> tuple[type[BundleError], tuple[Path, str]]:
+        # Raised in a worker process (bench's pools), it must cross back whole: Exception's own
+        # pickling would call __init__ with the message alone.
+        return type(self), (self.path, self.why)
+
 
 @dataclass(frozen=True)
 class Normalization:

@@ -224,12 +224,13 @@ def build_bundle(
         log("checking parity")
         threshold = float(np.percentile(f_scores[held.labels == 0], opts.threshold_quantile))
         fig = compare_scores(f_scores, run(int8, held.windows), threshold)
-        for site in site_checks:
+        judged: list[tuple[SiteSeries, HeldSet]] = []
+        site_figs = []
+        for series, site in zip(opts.site, site_checks, strict=True):
             if site.constant:
                 log(site.not_judged())
-        judged = [(series, site) for series, site in zip(opts.site, site_checks, strict=True) if not site.constant]
-        site_figs = []
-        for _, site in judged:
+                continue
+            judged.append((series, site))
             site_f = run(fp32, site.windows)
             site_figs.append(compare_scores(site_f, run(int8, site.windows), alert_threshold(site_f)))
         weights = opts.source.get("weights", {}).get("file", "the weights")

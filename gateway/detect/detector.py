@@ -2,7 +2,8 @@
 
 reading -> per channel and time scale (1, 4, 16 readings per value) a ring buffer -> robust
 normalization (the model's manifest) -> ONE batched model call for every window ready in an
-`observe` -> anomaly likelihood of each score against the scale's own past scores -> the
+`observe` -> anomaly likelihood of each score against the scale's own past scores (and, with
+`daily` on, of each window's comparison with the day before, gateway.detect.seasonal) -> the
 channel's likelihood (the highest of its scales but those whose window still reaches back into
 its last alert, which was reported and has cleared; or 1 for a reading beyond the channel's
 range or a stuck run) -> per-device alert state (warm-up, minimum duration, hysteresis) ->
@@ -10,9 +11,9 @@ range or a stuck run) -> per-device alert state (warm-up, minimum duration, hyst
 raised is a second anomaly: a new `raised` with a new id; the device's one `cleared`, carrying
 the newest id, ends every alert raised before it.
 
-One module a step: windows (ring buffers, normalized batched scoring), likelihood, channel
-(rules and state per channel), alerts, persistence (the state database), settings; this one
-composes them.
+One module a step: windows (ring buffers, normalized batched scoring), likelihood, seasonal,
+channel (rules and state per channel), alerts, persistence (the state database), settings; this
+one composes them.
 
 The per-reading path is plain Python floats on purpose: a numpy call costs about a
 microsecond, more than the arithmetic it would replace; numpy is used where it batches.
@@ -31,6 +32,8 @@ import numpy as np
 from gateway.detect import persistence
 from gateway.detect.alerts import AlertTransition, alert_step, device_transition
 from gateway.detect.channel import STUCK, Channel, Device
+from gateway.detect.likelihood import ScoreLikelihood
+from gateway.detect.seasonal import daily_score, fits, period_blocks
 from gateway.detect.settings import DetectorSettings, Tunables
 from gateway.detect.windows import Scale, Scorer, score_windows
 from gateway.records import Reading
@@ -111,10 +114,12 @@ class Detector:
         scored: list[Scale] = []  # the scale of each window
         floors: list[float] = []  # the least spread each window is normalized by: its channel's resolution
         grids: list[float] = []  # the grid each window's values lie on: its channel's resolution per value
-        n_windows = 0
+        daily: list[tuple[Scale, float | None]] = []  # each daily comparison: its scale and score
+        n_windows = n_daily = 0
         # Per value scored or flagged: (reading index, channel name, channel, the channel's reading
-        # count then (the warm-up is judged per reading), flagged by the rules, end of its windows).
-        work: list[tuple[int, str, Channel, int, bool, int]] = []
+        # count then (the warm-up is judged per reading), flagged by the rules, end of its windows,
+        # end of its daily comparisons).
+        work: list[tuple[int, str, Channel, int, bool, int, int]] = []
         for i, r in enumerate(readings):
             device = r.device
             dev = devices.get(device)
@@ -135,6 +140,9 @@ class Detector:
                 if not isfinite(x):
                     continue  # a sensor error value is not a reading to learn from
                 seen = ch.seen = ch.seen + 1
+                daily_on = ch.cfg.daily
+                if daily_on:
+                    ch.clock(r.time)
                 found = ch.rules(x, W)
                 # During the warm-up the rules only learn (range, runs); after it they can flag.
                 flag = found != 0 and seen > ready_at and seen > ch.cfg.warmup
@@ -156,12 +164,18 @@ class Detector:
                             floors.append(0.0)
                             grids.append(0.0)
                         n_windows += 1
+                        # A day before is in the buffer only if no silence lies between.
+                        if daily_on and ch.steady >= scale.k * scale.length and scale.seen >= scale.length:
+                            period = period_blocks(ch.interval, scale.k)
+                            if fits(period, W, scale.length):
+                                daily.append((scale, daily_score(scale.last_values(scale.length), period, W)))
+                                n_daily += 1
                 if flag or n_windows > first:
-                    work.append((i, name, ch, seen, flag, n_windows))
+                    work.append((i, name, ch, seen, flag, n_windows, n_daily))
 
         scores: list[float] = score_windows(self.scorer, windows, floors, grids).tolist() if windows else []
         outputs: list[DetectorOutput] = []
-        j = w = 0
+        j = w = d = 0
         n_work = len(work)
         for i, (r, dev) in enumerate(zip(readings, devs)):
             out_scores: dict[str, float] = {}
@@ -169,7 +183,7 @@ class Detector:
             late: list[str] = []  # flagged without a likelihood of their own: they come last
             newly = False  # a channel raised at this reading
             while w < n_work and work[w][0] == i:
-                _, name, ch, seen, flag, end = work[w]
+                _, name, ch, seen, flag, end, daily_end = work[w]
                 w += 1
                 cfg = ch.cfg
                 like: float | None = None
@@ -180,6 +194,18 @@ class Detector:
                         if scored[j].update_likelihood(scores[j], cfg) is not None:
                             judged = True
                         j += 1
+                    while d < daily_end:
+                        scale, day_score = daily[d]
+                        d += 1
+                        season = scale.season
+                        if day_score is None:  # no daily pattern now: the comparison says nothing
+                            if season is not None:
+                                season.likelihood = None
+                        else:
+                            if season is None:
+                                season = scale.season = ScoreLikelihood()
+                            if season.update_likelihood(day_score, cfg) is not None:
+                                judged = True
                     if judged:
                         # The channel is as anomalous as its most anomalous scale (coarse ones hold
                         # their last value between their updates), leaving out a scale whose window
@@ -191,6 +217,12 @@ class Detector:
                             v = sc.likelihood
                             if v is not None and v > like and since >= sc.k * W:
                                 like = v
+                        if cfg.daily:  # a loop of its own: the default path does not pay for it
+                            for sc in ch.scales:
+                                season = sc.season
+                                if season is not None and (v := season.likelihood) is not None and v > like \
+                                        and since >= sc.k * W:
+                                    like = v
                         likelihood[name] = like
                 if flag:
                     if like is None:
@@ -238,11 +270,16 @@ class Detector:
 
     def scale_likelihoods(self, device: str) -> dict[str, list[tuple[int, float | None]]]:
         """Each of the device's channels' time scales: the readings its window spans and the
-        likelihood it last judged (None before its first). The channel's own likelihood is the
-        highest of these, muted or not as its last alert says (`observe`)."""
+        likelihood it last judged (None before its first), then the same for each scale's daily
+        comparison. The channel's own likelihood is the highest of these, muted or not as its last
+        alert says (`observe`)."""
         dev = self._devices.get(device)
         W = self.scorer.window
-        return {n: [(sc.k * W, sc.likelihood) for sc in ch.scales] for n, ch in dev.channels.items()} if dev else {}
+        return {
+            n: [(sc.k * W, sc.likelihood) for sc in ch.scales]
+            + [(sc.k * W, sc.season.likelihood if sc.season is not None else None) for sc in ch.scales]
+            for n, ch in dev.channels.items()
+        } if dev else {}
 
     def warming_up(self, device: str) -> dict[str, float]:
         """The device's channels still in their warm-up, each with the fraction of it done (0 to

@@ -1,7 +1,8 @@
 """The detector's state in the state database, so that a restart continues bit for bit.
 
 One record per channel, key `["<device>","<channel>"]`: a little-endian u32 header length, a
-JSON header (the channel's rules and alert state, one entry per time scale), then each scale's
+JSON header (the channel's rules and alert state, one entry per time scale; with `daily` on also
+the channel's clock and each scale's daily comparison, absent from older records), then each scale's
 arrays, oldest first: its values, as float32, and its recent log-scores, as float64. One record
 per device, key `["<device>"]`: its alert state, as JSON. The same encoding carries a channel
 across a model reload; score histories are kept only for the model that made them.
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from gateway.detect.channel import Channel, Device
+from gateway.detect.likelihood import ScoreLikelihood
 from gateway.detect.settings import Tunables
 from gateway.detect.windows import Scale
 from gateway.service.state import StateStore
@@ -40,13 +42,16 @@ _VALUE_DTYPES = {1: np.float64, 2: np.float32}  # a scale's values in a record o
 def encode_channel(ch: Channel, model: str) -> bytes:
     """A channel's record; `model` labels its score histories."""
     dumped = [_dump_scale(s) for s in ch.scales]
-    header = json.dumps({
+    fields = {
         "v": _STATE_VERSION, "model": model, "seen": ch.seen, "over": ch.over,
         "raised": ch.raised, "cleared": ch.cleared, "likelihood": ch.likelihood, "range": [ch.lo, ch.hi, ch.hold],
         "runs": [ch.last, ch.run, ch.longest, ch.changes, ch.step],
         "lag": _ordered(ch.lag, ch.lpos, len(ch.lag)).tolist(),
         "scales": [h for h, _ in dumped],
-    }, separators=(",", ":")).encode()
+    }
+    if ch.cfg.daily:  # the clock runs only for the daily comparison
+        fields["clock"] = [ch.t_last, ch.interval, ch.steady]
+    header = json.dumps(fields, separators=(",", ":")).encode()
     return b"".join([struct.pack("<I", len(header)), header, *(a for _, arrays in dumped for a in arrays)])
 
 
@@ -62,6 +67,8 @@ def decode_channel(ch: Channel, blob: bytes, model: str) -> None:
     ch.cleared = h.get("cleared", 0)  # not in records from before it was kept: nothing muted
     ch.lo, ch.hi, ch.hold = h["range"]
     ch.last, ch.run, ch.longest, ch.changes, ch.step = h["runs"]
+    # Not in records from before the daily comparison: the interval is learned afresh.
+    ch.t_last, ch.interval, ch.steady = h.get("clock", (math.nan, 0.0, 0))
     # Oldest first; a version 1 record holds NaN for each slot not yet filled.
     ch.lag = array("d", [v for v in h["lag"] if not math.isnan(v)][-ch.lag_length :])
     by_k = {s.k: s for s in ch.scales}
@@ -87,6 +94,10 @@ def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
         # Sums and moments as they are, so that a restart continues bit for bit.
         "stats": scale.stats(),
     }
+    season = scale.season
+    if season is not None:  # a few numbers: in the header; kept across a model reload (no model in it)
+        header["season"] = {"likelihood": season.likelihood, "stats": season.stats(),
+                            "recent": _ordered(season.recent, season.rpos, min(season.hcount, len(season.recent))).tolist()}
     return header, [values, recent.tobytes()]
 
 
@@ -96,6 +107,11 @@ def _load_scale(
 ) -> None:
     scale.load_values(np.frombuffer(arrays[0], dtype=value_dtype))
     scale.seen, scale.acc, scale.cnt = h["seen"], h["acc"], h["cnt"]
+    # A comparison turned off since the record was written is not restored: its likelihood would stay.
+    if cfg.daily and (season := h.get("season")) is not None:
+        scale.season = ScoreLikelihood()
+        scale.season.likelihood = season["likelihood"]
+        scale.season.restore(array("d", season["recent"]), season["stats"], cfg)
     if not same_model:
         return  # keep the values; relearn the new model's scores
     scale.likelihood = h["likelihood"]

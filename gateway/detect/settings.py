@@ -63,6 +63,15 @@ class Tunables(BaseModel):
         "4 readings, a span 4 times as long (slow drifts, daily patterns). The channel's likelihood is the "
         "highest of its scales'.",
     )
+    daily: bool = Field(
+        False,
+        description="Also compare each time scale's newest window with the same hours a day before, where its "
+        "buffer holds a day (the 16-reading scale for readings 48 s to 45 min apart, the 4-reading one for 3.2 "
+        "min to 3 h, the 1-reading one for 13 min to 12 h), once its buffer's worth of readings has come without "
+        "a silence: a daily pattern broken (a bump missing, lower, flattened) that each window's shape alone "
+        "does not show. Channels whose day does not repeat are left to the model. Off by default: its gain is "
+        "on NAB's artificial daily files alone, which cross-validation cannot confirm held out (README, Detection).",
+    )
     range_tolerance: float = Field(
         0.25, ge=0,
         description="A reading beyond the lowest or highest the channel has ever reported, by more than this "

@@ -37,10 +37,11 @@ class Scorer(Protocol):
 
 
 class Scale(ScoreLikelihood):
-    """One time scale of a channel: block means of k readings in a ring buffer, and (inherited)
-    the anomaly likelihood state of the model's scores of those windows."""
+    """One time scale of a channel: block means of k readings in a ring buffer, (inherited) the
+    anomaly likelihood state of the model's scores of those windows, and that of their daily
+    comparison (gateway.detect.seasonal) once the buffer holds a day."""
 
-    __slots__ = ("acc", "buf", "cnt", "end", "k", "length", "seen")
+    __slots__ = ("acc", "buf", "cnt", "end", "k", "length", "season", "seen")
 
     def __init__(self, k: int, window: int, history: int) -> None:
         super().__init__()
@@ -58,6 +59,7 @@ class Scale(ScoreLikelihood):
         self.seen = 0  # block means pushed
         self.acc = 0.0  # sum and count of the block being filled
         self.cnt = 0
+        self.season: ScoreLikelihood | None = None  # made at the first daily comparison
 
     def add(self, x: float) -> bool:
         """Take one reading; True when it completed a block (a new value in the buffer)."""

@@ -9,6 +9,7 @@ import numpy as np
 
 from gateway.detect.channel import Channel
 from gateway.detect.detector import Detector
+from gateway.detect.scoring import Normalization
 from gateway.detect.seasonal import daily_score, fits, period_blocks
 from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
@@ -52,15 +53,15 @@ def test_a_day_without_its_bump_scores_high_against_the_day_before() -> None:
     period = period_blocks(QUARTER_HOUR, 1)
     assert period == PER_DAY and fits(period, 32, 160)
     # Windows ending at 12:00: on day 2 the bump is where it was the day before, on day 3 it is not.
-    usual = daily_score(x[2 * PER_DAY + 48 - 160 : 2 * PER_DAY + 48], period, 32)
-    missing = daily_score(x[3 * PER_DAY + 48 - 160 : 3 * PER_DAY + 48], period, 32)
+    usual = daily_score(x[2 * PER_DAY + 48 - 160 : 2 * PER_DAY + 48], period, 32, Normalization())
+    missing = daily_score(x[3 * PER_DAY + 48 - 160 : 3 * PER_DAY + 48], period, 32, Normalization())
     assert usual is not None and missing is not None
     assert usual < 5 and missing > 100 * usual
 
 
 def test_a_channel_without_a_daily_pattern_is_left_to_the_model() -> None:
     noise = np.random.default_rng(2).normal(0, 1, 160)  # yesterday predicts nothing
-    assert daily_score(noise, PER_DAY, 32) is None
+    assert daily_score(noise, PER_DAY, 32, Normalization()) is None
 
 
 def test_a_day_without_its_bump_raises_where_the_window_alone_does_not() -> None:

@@ -106,7 +106,8 @@ class Detector:
         locals, no per-value dicts.
         """
         W = self.scorer.window
-        ready_at = W + self.scorer.normalization.history // _MIN_HISTORY_FRACTION
+        norm = self.scorer.normalization
+        ready_at = W + norm.history // _MIN_HISTORY_FRACTION
         devices = self._devices
         isfinite = math.isfinite
         devs: list[Device] = []
@@ -115,7 +116,7 @@ class Detector:
         floors: list[float] = []  # the least spread each window is normalized by: its channel's resolution
         grids: list[float] = []  # the grid each window's values lie on: its channel's resolution per value
         daily: list[tuple[Scale, float | None]] = []  # each daily comparison: its scale and score
-        n_windows = n_daily = 0
+        n_windows = 0
         # Per value scored or flagged: (reading index, channel name, channel, the channel's reading
         # count then (the warm-up is judged per reading), flagged by the rules, end of its windows,
         # end of its daily comparisons).
@@ -168,10 +169,10 @@ class Detector:
                         if daily_on and ch.steady >= scale.k * scale.length and scale.seen >= scale.length:
                             period = period_blocks(ch.interval, scale.k)
                             if fits(period, W, scale.length):
-                                daily.append((scale, daily_score(scale.last_values(scale.length), period, W)))
-                                n_daily += 1
+                                score = daily_score(scale.last_values(scale.length), period, W, norm)
+                                daily.append((scale, score))
                 if flag or n_windows > first:
-                    work.append((i, name, ch, seen, flag, n_windows, n_daily))
+                    work.append((i, name, ch, seen, flag, n_windows, len(daily)))
 
         scores: list[float] = score_windows(self.scorer, windows, floors, grids).tolist() if windows else []
         outputs: list[DetectorOutput] = []

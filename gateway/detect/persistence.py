@@ -87,7 +87,7 @@ def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
     """A scale as a header dict and its arrays, oldest first."""
     n_values = min(scale.seen, scale.length)
     values = np.ascontiguousarray(scale.last_values(n_values)).tobytes()
-    recent = _ordered(scale.recent, scale.rpos, min(scale.hcount, len(scale.recent)))
+    recent = _recent(scale)
     header = {
         "k": scale.k, "seen": scale.seen, "acc": scale.acc, "cnt": scale.cnt, "likelihood": scale.likelihood,
         "n": [len(values), len(recent) * recent.itemsize],  # bytes
@@ -97,7 +97,7 @@ def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
     season = scale.season
     if season is not None:  # a few numbers: in the header; kept across a model reload (no model in it)
         header["season"] = {"likelihood": season.likelihood, "stats": season.stats(),
-                            "recent": _ordered(season.recent, season.rpos, min(season.hcount, len(season.recent))).tolist()}
+                            "recent": _recent(season).tolist()}
     return header, [values, recent.tobytes()]
 
 
@@ -116,6 +116,11 @@ def _load_scale(
         return  # keep the values; relearn the new model's scores
     scale.likelihood = h["likelihood"]
     scale.restore(array("d", arrays[1]), h["stats"], cfg)
+
+
+def _recent(lk: ScoreLikelihood) -> array:
+    """A likelihood state's recent log-scores, oldest first."""
+    return _ordered(lk.recent, lk.rpos, min(lk.hcount, len(lk.recent)))
 
 
 def _ordered(ring: array, pos: int, count: int) -> array:

@@ -8,7 +8,7 @@ a tuned one; a channel that does not follow it is left to the model (`daily_scor
 
 Per window: the residuals r = v[i] - v[i - P] of a scale's block means, P the blocks in a day;
 the newest `window` of them normalized by the median and spread of those before (as the model's
-windows are, `Normalization`), their mean square the score, judged by the same likelihood as the
+windows are, by `Normalization.stats`), their mean square the score, judged by the same likelihood as the
 model's scores. numpy only: runs on the Pi.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.detect.scoring import MAD_TO_SIGMA, MEAN_AD_TO_SIGMA
+from gateway.detect.scoring import Normalization
 
 DAY_S = 86400.0
 MIN_HISTORY = 16  # residuals before the window to normalize it by, at least
@@ -32,20 +32,17 @@ def fits(period: int, window: int, length: int) -> bool:
     return period >= 2 and period + window + MIN_HISTORY <= length
 
 
-def daily_score(values: np.ndarray, period: int, window: int) -> float | None:
+def daily_score(values: np.ndarray, period: int, window: int, norm: Normalization) -> float | None:
     """Mean square of the newest `window` day-over-day residuals of `values` (a scale's block means,
-    oldest first), normalized by the residuals before them; None where those residuals spread as
-    widely as the values before the window do (no daily pattern: the day before tells nothing)."""
+    oldest first), normalized by the residuals before them as `norm` normalizes a window by its
+    history; None where those residuals spread as widely as the values before the window do (no
+    daily pattern: the day before tells nothing)."""
     v = np.asarray(values, dtype=np.float64)
     r = v[period:] - v[:-period]
     hist, win = r[:-window], r[-window:]
-    m = np.median(hist)
-    dev = np.abs(hist - m)
-    mad = np.median(dev)
+    m, s = norm.stats(hist)
     before = v[:-window]
-    if mad >= np.median(np.abs(before - np.median(before))):
+    if np.median(np.abs(hist - m)) >= np.median(np.abs(before - np.median(before))):
         return None
-    s = MAD_TO_SIGMA * mad if mad > 0 else MEAN_AD_TO_SIGMA * float(np.mean(dev))
-    s = max(s, 1e-6 * max(1.0, abs(float(m))))
     z = (win - m) / s
     return float(np.mean(z * z))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
-from gateway.detect.channel import Channel
 from gateway.detect.detector import Detector
 from gateway.detect.scoring import Normalization
-from gateway.detect.seasonal import daily_score, fits, period_blocks
+from gateway.detect.seasonal import daily_score
 from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
 from gateway.service.state import StateStore
@@ -31,11 +29,12 @@ def days(n: int, missing_bump: int | None = None, seed: int = 1) -> np.ndarray:
     return bump + rng.normal(0, 0.3, len(bump))
 
 
-def run(det: Detector, x: np.ndarray, start: int = 0, gap_after: int | None = None) -> list:
+def run(det: Detector, x: np.ndarray, start: int = 0, kept: np.ndarray | None = None) -> list:
+    """Feed readings start, start + 1, ... (those `kept`, if given: the others lost) a quarter hour apart."""
     out = []
     for i, v in enumerate(x, start):
-        t = i * QUARTER_HOUR + (86400.0 if gap_after is not None and i > gap_after else 0.0)
-        out.append(det.observe([Reading("heater", {"temperature_1": float(v)}, i, -50.0, 9.0, t)])[0])
+        if kept is None or kept[i - start]:
+            out.append(det.observe([Reading("heater", {"temperature_1": float(v)}, i, -50.0, 9.0, i * QUARTER_HOUR)])[0])
     return out
 
 
@@ -45,23 +44,41 @@ def detector(store: StateStore | None = None, daily: bool = True) -> Detector:
 
 
 def raised_on(outs: list) -> list[int]:
-    return sorted({i // PER_DAY for i, o in enumerate(outs) if o.transition and o.transition.state == "raised"})
+    return sorted({int(o.time // 86400) for o in outs if o.transition and o.transition.state == "raised"})
 
 
 def test_a_day_without_its_bump_scores_high_against_the_day_before() -> None:
     x = days(4, missing_bump=3)
-    period = period_blocks(QUARTER_HOUR, 1)
-    assert period == PER_DAY and fits(period, 32, 160)
+    t = np.arange(len(x)) * QUARTER_HOUR
     # Windows ending at 12:00: on day 2 the bump is where it was the day before, on day 3 it is not.
-    usual = daily_score(x[2 * PER_DAY + 48 - 160 : 2 * PER_DAY + 48], period, 32, Normalization())
-    missing = daily_score(x[3 * PER_DAY + 48 - 160 : 3 * PER_DAY + 48], period, 32, Normalization())
+    usual = daily_score(x[2 * PER_DAY + 48 - 160 : 2 * PER_DAY + 48], t[:160], 32, Normalization())
+    missing = daily_score(x[3 * PER_DAY + 48 - 160 : 3 * PER_DAY + 48], t[:160], 32, Normalization())
     assert usual is not None and missing is not None
     assert usual < 5 and missing > 100 * usual
 
 
+def test_blocks_are_matched_by_time_not_by_counting_back() -> None:
+    x = days(4, missing_bump=3)
+    t = np.arange(len(x)) * QUARTER_HOUR
+    end = 3 * PER_DAY + 48
+    lost = np.ones(len(x), bool)
+    lost[end - 150 : end - 40 : 9] = False  # 13 readings lost between the day before and the window
+    values, times = x[lost][:end - 13][-160:], t[lost][:end - 13][-160:]
+    counted_back = daily_score(x[end - 160 : end], t[:160], 32, Normalization())
+    by_time = daily_score(values, times, 32, Normalization())
+    assert counted_back is not None and by_time is not None and by_time > 0.5 * counted_back
+    # The same readings with no bump missing score as an ordinary day.
+    usual = days(4)
+    ordinary = daily_score(usual[lost][:end - 13][-160:], times, 32, Normalization())
+    assert ordinary is not None and ordinary < 5
+    # A window whose blocks a day before were not heard (a silence) is not compared.
+    heard = (times < times[-32] - 86400 - 1) | (times > times[-1] - 86400 + 1)
+    assert daily_score(values[heard], times[heard], 32, Normalization()) is None
+
+
 def test_a_channel_without_a_daily_pattern_is_left_to_the_model() -> None:
     noise = np.random.default_rng(2).normal(0, 1, 160)  # yesterday predicts nothing
-    assert daily_score(noise, PER_DAY, 32, Normalization()) is None
+    assert daily_score(noise, np.arange(160) * QUARTER_HOUR, 32, Normalization()) is None
 
 
 def test_a_day_without_its_bump_raises_where_the_window_alone_does_not() -> None:
@@ -71,23 +88,13 @@ def test_a_day_without_its_bump_raises_where_the_window_alone_does_not() -> None
     assert DetectorSettings().daily is False  # opt-in (README, Detection)
 
 
-def test_the_interval_is_learned_and_a_silence_starts_the_count_again() -> None:
-    ch = Channel(DetectorSettings().resolve("d", "c"), 1, 32, 128)
-    for i in range(10):
-        ch.clock(60.0 * i)
-    assert ch.interval == 60.0 and ch.steady == 8  # the first interval sets it
-    ch.clock(60.0 * 9 + 3600)  # an hour of silence
-    assert ch.steady == 0 and ch.interval == 60.0
-    ch.clock(60.0 * 10 + 3600)
-    ch.clock(math.nan)  # a reading without a time teaches nothing
-    assert ch.steady == 1
-
-
-def test_after_a_silence_a_day_is_not_compared_until_a_buffer_of_readings_follows_it() -> None:
-    x = days(8, missing_bump=7)
-    # A day of silence just before the day without its bump: "a day before" in the buffer is not
-    # a day before any more, so the comparison waits (and the missing bump goes unreported).
-    assert raised_on(run(detector(), x, gap_after=7 * PER_DAY - 60)) == []
+def test_lost_packets_and_a_silence_leave_the_comparison_in_step() -> None:
+    # One reading in 20 lost at random, and four hours of silence on day 5: a count of blocks back
+    # would no longer be a day back; the times still are.
+    kept = np.random.default_rng(3).random(8 * PER_DAY) > 0.05
+    kept[5 * PER_DAY + 20 : 5 * PER_DAY + 36] = False
+    assert raised_on(run(detector(), days(8, missing_bump=7), kept=kept)) == [7]
+    assert raised_on(run(detector(), days(8), kept=kept)) == []
 
 
 def test_a_restart_continues_the_daily_comparison_exactly(tmp_path: Path) -> None:
@@ -110,7 +117,7 @@ def test_a_comparison_turned_off_is_not_restored_from_the_state_database(tmp_pat
     on.flush()
     off = detector(store, daily=False)
     ch = off._devices["heater"].channels["temperature_1"]
-    assert ch.seen == 750 and all(sc.season is None for sc in ch.scales)
+    assert ch.seen == 750 and all(sc.season is None and sc.stamps == 0 for sc in ch.scales)
 
 
 def test_the_replay_of_recorded_likelihoods_gives_the_daily_comparisons_alerts() -> None:
@@ -126,3 +133,17 @@ def test_the_replay_of_recorded_likelihoods_gives_the_daily_comparisons_alerts()
     ev, up = replay(recorded, DetectorSettings(**settings))
     assert ev.tolist() == [int(o.transition is not None and o.transition.state == "raised") for o in outs]
     assert up.tolist() == [o.alert_state == "raised" for o in outs] and ev.sum() >= 1
+
+
+def test_a_comparison_turned_on_later_starts_from_the_blocks_it_stamps(tmp_path: Path) -> None:
+    # Records written with it off (or before blocks kept their times) hold no times: the scale
+    # stamps the blocks that come and compares once its buffer's worth of them reaches back a day.
+    x = days(8, missing_bump=7)
+    store = StateStore(tmp_path / "state.db")
+    off = detector(store, daily=False)
+    run(off, x[:300])
+    off.flush()
+    on = detector(store)
+    scale = on._devices["heater"].channels["temperature_1"].scales[0]
+    assert scale.seen == 300 and scale.stamps == 0
+    assert raised_on(run(on, x[300:], start=300)) == [7]

@@ -33,7 +33,7 @@ from gateway.detect import persistence
 from gateway.detect.alerts import AlertTransition, alert_step, device_transition
 from gateway.detect.channel import STUCK, Channel, Device
 from gateway.detect.likelihood import ScoreLikelihood
-from gateway.detect.seasonal import daily_score, fits, period_blocks
+from gateway.detect.seasonal import DAY_S, daily_score
 from gateway.detect.settings import DetectorSettings, Tunables
 from gateway.detect.windows import Scale, Scorer, score_windows
 from gateway.records import Reading
@@ -142,8 +142,6 @@ class Detector:
                     continue  # a sensor error value is not a reading to learn from
                 seen = ch.seen = ch.seen + 1
                 daily_on = ch.cfg.daily
-                if daily_on:
-                    ch.clock(r.time)
                 found = ch.rules(x, W)
                 # During the warm-up the rules only learn (range, runs); after it they can flag.
                 flag = found != 0 and seen > ready_at and seen > ch.cfg.warmup
@@ -153,7 +151,11 @@ class Detector:
                 # ordinary readings after the run were judged against, a spread of nearly nothing,
                 # and raised a second alert one window after the stuck alert cleared.
                 for scale in () if found & STUCK else ch.scales:
-                    if scale.add(x) and scale.seen >= ready_at:
+                    if not scale.add(x):
+                        continue
+                    if daily_on:
+                        scale.stamp(r.time)
+                    if scale.seen >= ready_at:
                         windows.append(scale.window())
                         scored.append(scale)
                         # A mean of k readings quantised by one step flickers by about step / sqrt(k),
@@ -165,11 +167,11 @@ class Detector:
                             floors.append(0.0)
                             grids.append(0.0)
                         n_windows += 1
-                        # A day before is in the buffer only if no silence lies between.
-                        if daily_on and ch.steady >= scale.k * scale.length and scale.seen >= scale.length:
-                            period = period_blocks(ch.interval, scale.k)
-                            if fits(period, W, scale.length):
-                                score = daily_score(scale.last_values(scale.length), period, W, norm)
+                        if daily_on and scale.stamps >= scale.length:
+                            # The ring's newest time and its oldest, next in the ring: does it hold a day?
+                            oldest = scale.stamps % scale.length
+                            if scale.times[oldest - 1] - scale.times[oldest] > DAY_S:
+                                score = daily_score(scale.last_values(scale.length), scale.last_times(), W, norm)
                                 daily.append((scale, score))
                 if flag or n_windows > first:
                     work.append((i, name, ch, seen, flag, n_windows, len(daily)))

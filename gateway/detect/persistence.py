@@ -2,8 +2,9 @@
 
 One record per channel, key `["<device>","<channel>"]`: a little-endian u32 header length, a
 JSON header (the channel's rules and alert state, one entry per time scale; with `daily` on also
-the channel's clock and each scale's daily comparison, absent from older records), then each scale's
-arrays, oldest first: its values, as float32, and its recent log-scores, as float64. One record
+each scale's daily comparison, absent from older records), then each scale's arrays, oldest first:
+its values, as float32, its recent log-scores, as float64, and with `daily` on its blocks' times,
+as float64 (a reader that knows only the first two skips the third by its size). One record
 per device, key `["<device>"]`: its alert state, as JSON. The same encoding carries a channel
 across a model reload; score histories are kept only for the model that made them.
 
@@ -49,8 +50,6 @@ def encode_channel(ch: Channel, model: str) -> bytes:
         "lag": _ordered(ch.lag, ch.lpos, len(ch.lag)).tolist(),
         "scales": [h for h, _ in dumped],
     }
-    if ch.cfg.daily:  # the clock runs only for the daily comparison
-        fields["clock"] = [ch.t_last, ch.interval, ch.steady]
     header = json.dumps(fields, separators=(",", ":")).encode()
     return b"".join([struct.pack("<I", len(header)), header, *(a for _, arrays in dumped for a in arrays)])
 
@@ -67,8 +66,6 @@ def decode_channel(ch: Channel, blob: bytes, model: str) -> None:
     ch.cleared = h.get("cleared", 0)  # not in records from before it was kept: nothing muted
     ch.lo, ch.hi, ch.hold = h["range"]
     ch.last, ch.run, ch.longest, ch.changes, ch.step = h["runs"]
-    # Not in records from before the daily comparison: the interval is learned afresh.
-    ch.t_last, ch.interval, ch.steady = h.get("clock", (math.nan, 0.0, 0))
     # Oldest first; a version 1 record holds NaN for each slot not yet filled.
     ch.lag = array("d", [v for v in h["lag"] if not math.isnan(v)][-ch.lag_length :])
     by_k = {s.k: s for s in ch.scales}
@@ -88,9 +85,12 @@ def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
     n_values = min(scale.seen, scale.length)
     values = np.ascontiguousarray(scale.last_values(n_values)).tobytes()
     recent = _recent(scale)
+    arrays = [values, recent.tobytes()]
+    if scale.stamps:  # only with `daily` on
+        arrays.append(scale.last_times().tobytes())
     header = {
         "k": scale.k, "seen": scale.seen, "acc": scale.acc, "cnt": scale.cnt, "likelihood": scale.likelihood,
-        "n": [len(values), len(recent) * recent.itemsize],  # bytes
+        "n": list(map(len, arrays)),  # bytes
         # Sums and moments as they are, so that a restart continues bit for bit.
         "stats": scale.stats(),
     }
@@ -98,7 +98,7 @@ def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
     if season is not None:  # a few numbers: in the header; kept across a model reload (no model in it)
         header["season"] = {"likelihood": season.likelihood, "stats": season.stats(),
                             "recent": _recent(season).tolist()}
-    return header, [values, recent.tobytes()]
+    return header, arrays
 
 
 def _load_scale(
@@ -108,6 +108,8 @@ def _load_scale(
     scale.load_values(np.frombuffer(arrays[0], dtype=value_dtype))
     scale.seen, scale.acc, scale.cnt = h["seen"], h["acc"], h["cnt"]
     # A comparison turned off since the record was written is not restored: its likelihood would stay.
+    if cfg.daily and len(arrays) > 2:
+        scale.load_times(np.frombuffer(arrays[2], dtype=np.float64))
     if cfg.daily and (season := h.get("season")) is not None:
         scale.season = ScoreLikelihood()
         scale.season.likelihood = season["likelihood"]

@@ -67,9 +67,9 @@ class Tunables(BaseModel):
         False,
         description="Also compare each time scale's newest window with the same hours a day before, where its "
         "buffer holds a day (the 16-reading scale for readings 48 s to 45 min apart, the 4-reading one for 3.2 "
-        "min to 3 h, the 1-reading one for 13 min to 12 h), once its buffer's worth of readings has come without "
-        "a silence: a daily pattern broken (a bump missing, lower, flattened) that each window's shape alone "
-        "does not show. Channels whose day does not repeat are left to the model. Off by default: its gain is "
+        "min to 3 h, the 1-reading one for 13 min to 12 h), each block against the one completed nearest a day "
+        "before it (lost packets shift nothing; blocks a day after a silence have no match and are left out): a "
+        "daily pattern broken (a bump missing, lower, flattened) that each window's shape alone does not show. Channels whose day does not repeat are left to the model. Off by default: its gain is "
         "on NAB's artificial daily files alone, which cross-validation cannot confirm held out (README, Detection).",
     )
     range_tolerance: float = Field(

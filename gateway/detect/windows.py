@@ -23,6 +23,7 @@ _FIRST = 16  # values a scale's buffer takes at its first value: it doubles as v
 # range a value would become inf, and inf - inf a NaN in the window's statistics: stored at the edge.
 _F32_MAX = float(np.finfo(np.float32).max)
 _NO_VALUES = array("f")  # shared by every scale without values yet; its own array comes with its first
+_NO_TIMES = array("d")  # shared by every scale without block times: all of them unless `daily` is on
 
 
 class Scorer(Protocol):
@@ -38,10 +39,11 @@ class Scorer(Protocol):
 
 class Scale(ScoreLikelihood):
     """One time scale of a channel: block means of k readings in a ring buffer, (inherited) the
-    anomaly likelihood state of the model's scores of those windows, and that of their daily
-    comparison (gateway.detect.seasonal) once the buffer holds a day."""
+    anomaly likelihood state of the model's scores of those windows, and (with `daily` on) the
+    times its blocks completed and the likelihood state of their daily comparison
+    (gateway.detect.seasonal) once the buffer holds a day."""
 
-    __slots__ = ("acc", "buf", "cnt", "end", "k", "length", "season", "seen")
+    __slots__ = ("acc", "buf", "cnt", "end", "k", "length", "season", "seen", "stamps", "times")
 
     def __init__(self, k: int, window: int, history: int) -> None:
         super().__init__()
@@ -60,6 +62,8 @@ class Scale(ScoreLikelihood):
         self.acc = 0.0  # sum and count of the block being filled
         self.cnt = 0
         self.season: ScoreLikelihood | None = None  # made at the first daily comparison
+        self.times = _NO_TIMES  # a ring of the last `length` blocks' times, with `daily` on
+        self.stamps = 0  # blocks stamped with their time
 
     def add(self, x: float) -> bool:
         """Take one reading; True when it completed a block (a new value in the buffer)."""
@@ -94,6 +98,25 @@ class Scale(ScoreLikelihood):
         self.end = end + 1
         self.seen += 1
         return True
+
+    def stamp(self, t: float) -> None:
+        """The time of the block `add` just completed."""
+        if self.times is _NO_TIMES:
+            self.times = array("d", bytes(8 * self.length))
+        self.times[self.stamps % self.length] = t
+        self.stamps += 1
+
+    def last_times(self) -> np.ndarray:
+        """The times of the blocks stamped, up to `length`, oldest first."""
+        n = min(self.stamps, self.length)
+        pos = self.stamps % self.length if self.stamps >= self.length else 0
+        times = np.frombuffer(self.times, dtype=np.float64, count=n) if n else np.empty(0)
+        return np.concatenate((times[pos:], times[:pos]))
+
+    def load_times(self, times: np.ndarray) -> None:
+        """Into this scale, not yet stamped: its blocks' times, oldest first (at most `length`)."""
+        for t in times[-self.length :].tolist():
+            self.stamp(t)
 
     def window(self) -> array:
         """A copy of all the values there are, up to `length`, oldest first: the window to score

@@ -8,7 +8,7 @@ import numpy as np
 
 from gateway.detect.detector import Detector
 from gateway.detect.scoring import Normalization
-from gateway.detect.seasonal import daily_score
+from gateway.detect.seasonal import DaySlots, daily_score, fits, slots_per_day
 from gateway.detect.settings import DetectorSettings
 from gateway.records import Reading
 from gateway.service.state import StateStore
@@ -47,38 +47,49 @@ def raised_on(outs: list) -> list[int]:
     return sorted({int(o.time // 86400) for o in outs if o.transition and o.transition.state == "raised"})
 
 
+def slot_means(x: np.ndarray, kept: np.ndarray, end: int) -> np.ndarray:
+    """The daily slots of a quarter-hour scale fed readings 0 .. end - 1 (those kept)."""
+    slots = DaySlots(slots_per_day(QUARTER_HOUR, 1), 160)
+    for i in np.flatnonzero(kept[:end]):
+        slots.add(i * QUARTER_HOUR, float(x[i]))
+    slots.add(end * QUARTER_HOUR, 0.0)  # the next slot's first reading closes the last
+    return slots.last()
+
+
 def test_a_day_without_its_bump_scores_high_against_the_day_before() -> None:
     x = days(4, missing_bump=3)
-    t = np.arange(len(x)) * QUARTER_HOUR
+    assert slots_per_day(QUARTER_HOUR, 1) == PER_DAY and fits(PER_DAY, 32, 160)
     # Windows ending at 12:00: on day 2 the bump is where it was the day before, on day 3 it is not.
-    usual = daily_score(x[2 * PER_DAY + 48 - 160 : 2 * PER_DAY + 48], t[:160], 32, Normalization())
-    missing = daily_score(x[3 * PER_DAY + 48 - 160 : 3 * PER_DAY + 48], t[:160], 32, Normalization())
+    usual = daily_score(x[2 * PER_DAY + 48 - 160 : 2 * PER_DAY + 48], PER_DAY, 32, Normalization())
+    missing = daily_score(x[3 * PER_DAY + 48 - 160 : 3 * PER_DAY + 48], PER_DAY, 32, Normalization())
     assert usual is not None and missing is not None
     assert usual < 5 and missing > 100 * usual
 
 
-def test_blocks_are_matched_by_time_not_by_counting_back() -> None:
+def test_slots_are_bounded_by_the_clock_so_a_lost_reading_shifts_nothing() -> None:
     x = days(4, missing_bump=3)
-    t = np.arange(len(x)) * QUARTER_HOUR
     end = 3 * PER_DAY + 48
-    lost = np.ones(len(x), bool)
-    lost[end - 150 : end - 40 : 9] = False  # 13 readings lost between the day before and the window
-    values, times = x[lost][:end - 13][-160:], t[lost][:end - 13][-160:]
-    counted_back = daily_score(x[end - 160 : end], t[:160], 32, Normalization())
-    by_time = daily_score(values, times, 32, Normalization())
-    assert counted_back is not None and by_time is not None and by_time > 0.5 * counted_back
-    # The same readings with no bump missing score as an ordinary day.
-    usual = days(4)
-    ordinary = daily_score(usual[lost][:end - 13][-160:], times, 32, Normalization())
+    kept = np.ones(len(x), bool)
+    kept[end - 150 : end - 40 : 9] = False  # 13 readings lost between the day before and the window
+    means = slot_means(x, kept, end)
+    # Each slot holds its own quarter hour's reading; a lost one leaves its slot empty, in place.
+    heard = np.isfinite(means)
+    assert np.array_equal(heard, kept[end - 160 : end])
+    assert np.array_equal(means[heard], x[end - 160 : end][heard].astype(np.float32))
+    counted = daily_score(x[end - 160 : end], PER_DAY, 32, Normalization())
+    by_clock = daily_score(means, PER_DAY, 32, Normalization())
+    assert counted is not None and by_clock is not None and by_clock > 0.5 * counted
+    ordinary = daily_score(slot_means(days(4), kept, end), PER_DAY, 32, Normalization())
     assert ordinary is not None and ordinary < 5
-    # A window whose blocks a day before were not heard (a silence) is not compared.
-    heard = (times < times[-32] - 86400 - 1) | (times > times[-1] - 86400 + 1)
-    assert daily_score(values[heard], times[heard], 32, Normalization()) is None
+    # A window whose day before was not heard (a silence) is not compared.
+    silent = kept.copy()
+    silent[end - 32 - PER_DAY : end - PER_DAY] = False
+    assert daily_score(slot_means(x, silent, end), PER_DAY, 32, Normalization()) is None
 
 
 def test_a_channel_without_a_daily_pattern_is_left_to_the_model() -> None:
     noise = np.random.default_rng(2).normal(0, 1, 160)  # yesterday predicts nothing
-    assert daily_score(noise, np.arange(160) * QUARTER_HOUR, 32, Normalization()) is None
+    assert daily_score(noise, PER_DAY, 32, Normalization()) is None
 
 
 def test_a_day_without_its_bump_raises_where_the_window_alone_does_not() -> None:
@@ -117,7 +128,7 @@ def test_a_comparison_turned_off_is_not_restored_from_the_state_database(tmp_pat
     on.flush()
     off = detector(store, daily=False)
     ch = off._devices["heater"].channels["temperature_1"]
-    assert ch.seen == 750 and all(sc.season is None and sc.stamps == 0 for sc in ch.scales)
+    assert ch.seen == 750 and all(sc.season is None and sc.day is None for sc in ch.scales)
 
 
 def test_the_replay_of_recorded_likelihoods_gives_the_daily_comparisons_alerts() -> None:
@@ -135,9 +146,9 @@ def test_the_replay_of_recorded_likelihoods_gives_the_daily_comparisons_alerts()
     assert up.tolist() == [o.alert_state == "raised" for o in outs] and ev.sum() >= 1
 
 
-def test_a_comparison_turned_on_later_starts_from_the_blocks_it_stamps(tmp_path: Path) -> None:
-    # Records written with it off (or before blocks kept their times) hold no times: the scale
-    # stamps the blocks that come and compares once its buffer's worth of them reaches back a day.
+def test_a_comparison_turned_on_later_starts_its_slots_then(tmp_path: Path) -> None:
+    # Records written with it off hold no slots: the scale starts them at its next reading and
+    # compares once a day and a window of them have come.
     x = days(8, missing_bump=7)
     store = StateStore(tmp_path / "state.db")
     off = detector(store, daily=False)
@@ -145,5 +156,5 @@ def test_a_comparison_turned_on_later_starts_from_the_blocks_it_stamps(tmp_path:
     off.flush()
     on = detector(store)
     scale = on._devices["heater"].channels["temperature_1"].scales[0]
-    assert scale.seen == 300 and scale.stamps == 0
+    assert scale.seen == 300 and scale.day is None
     assert raised_on(run(on, x[300:], start=300)) == [7]

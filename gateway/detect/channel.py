@@ -25,6 +25,7 @@ class Channel:
         "cleared",
         "hi",
         "hold",
+        "interval",
         "lag",
         "lag_length",
         "last",
@@ -39,6 +40,7 @@ class Channel:
         "scales",
         "seen",
         "step",
+        "t_last",
     )
 
     def __init__(self, cfg: Tunables, base: int, window: int, history: int) -> None:
@@ -65,6 +67,22 @@ class Channel:
         self.longest = 0
         self.changes = 0
         self.step = math.inf  # the smallest change between readings: the sensor's resolution, roughly
+        # The usual interval between readings, with `daily` on: the daily comparison's slots are sized by it.
+        self.t_last = math.nan
+        self.interval = 0.0
+
+    def clock(self, t: float) -> None:
+        """Learn the usual interval from a reading at time t; an interval of twice that or more is
+        a silence, not a new usual."""
+        d = t - self.t_last
+        self.t_last = t
+        if not d > 0:  # the first reading (NaN), or one out of order
+            return
+        iv = self.interval
+        if iv == 0.0:
+            self.interval = d
+        elif d < 2.0 * iv:
+            self.interval = iv + (d - iv) / 16.0
 
     def rules(self, x: float, hold: int) -> int:
         """Update range and runs with x; OUT_OF_RANGE and STUCK bits for what x is (see the settings).

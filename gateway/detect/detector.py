@@ -33,7 +33,7 @@ from gateway.detect import persistence
 from gateway.detect.alerts import AlertTransition, alert_step, device_transition
 from gateway.detect.channel import STUCK, Channel, Device
 from gateway.detect.likelihood import ScoreLikelihood
-from gateway.detect.seasonal import DAY_S, daily_score
+from gateway.detect.seasonal import DaySlots, daily_score, fits, slots_per_day
 from gateway.detect.settings import DetectorSettings, Tunables
 from gateway.detect.windows import Scale, Scorer, score_windows
 from gateway.records import Reading
@@ -142,6 +142,8 @@ class Detector:
                     continue  # a sensor error value is not a reading to learn from
                 seen = ch.seen = ch.seen + 1
                 daily_on = ch.cfg.daily
+                if daily_on:
+                    ch.clock(r.time)
                 found = ch.rules(x, W)
                 # During the warm-up the rules only learn (range, runs); after it they can flag.
                 flag = found != 0 and seen > ready_at and seen > ch.cfg.warmup
@@ -150,12 +152,9 @@ class Detector:
                 # take them. Learned, they became the normalization history that the sensor's first
                 # ordinary readings after the run were judged against, a spread of nearly nothing,
                 # and raised a second alert one window after the stuck alert cleared.
-                for scale in () if found & STUCK else ch.scales:
-                    if not scale.add(x):
-                        continue
-                    if daily_on:
-                        scale.stamp(r.time)
-                    if scale.seen >= ready_at:
+                scales = () if found & STUCK else ch.scales
+                for scale in scales:
+                    if scale.add(x) and scale.seen >= ready_at:
                         windows.append(scale.window())
                         scored.append(scale)
                         # A mean of k readings quantised by one step flickers by about step / sqrt(k),
@@ -167,13 +166,18 @@ class Detector:
                             floors.append(0.0)
                             grids.append(0.0)
                         n_windows += 1
-                        if daily_on and scale.stamps >= scale.length:
-                            # The ring's newest time and its oldest, next in the ring: does it hold a day?
-                            oldest = scale.stamps % scale.length
-                            if scale.times[oldest - 1] - scale.times[oldest] > DAY_S:
-                                score = daily_score(scale.last_values(scale.length), scale.last_times(), W, norm)
-                                daily.append((scale, score))
-                if flag or n_windows > first:
+                compared = False
+                if daily_on:  # a loop of its own: the default path pays one test for it
+                    for scale in scales:
+                        day = scale.day
+                        if day is None and seen > W:  # the interval learned from a window's worth
+                            per_day = slots_per_day(ch.interval, scale.k)
+                            if fits(per_day, W, scale.length):
+                                day = scale.day = DaySlots(per_day, scale.length)
+                        if day is not None and day.add(r.time, x):
+                            daily.append((scale, daily_score(day.last(), day.per_day, W, norm)))
+                            compared = True
+                if flag or n_windows > first or compared:
                     work.append((i, name, ch, seen, flag, n_windows, len(daily)))
 
         scores: list[float] = score_windows(self.scorer, windows, floors, grids).tolist() if windows else []
@@ -190,8 +194,9 @@ class Detector:
                 w += 1
                 cfg = ch.cfg
                 like: float | None = None
-                if j < end:
-                    out_scores[name] = scores[j]  # the finest scale scored at this reading
+                if j < end or d < daily_end:
+                    if j < end:
+                        out_scores[name] = scores[j]  # the finest scale scored at this reading
                     judged = False
                     while j < end:
                         if scored[j].update_likelihood(scores[j], cfg) is not None:

@@ -2,9 +2,10 @@
 
 One record per channel, key `["<device>","<channel>"]`: a little-endian u32 header length, a
 JSON header (the channel's rules and alert state, one entry per time scale; with `daily` on also
-each scale's daily comparison, absent from older records), then each scale's arrays, oldest first:
-its values, as float32, its recent log-scores, as float64, and with `daily` on its blocks' times,
-as float64 (a reader that knows only the first two skips the third by its size). One record
+the channel's clock and each scale's daily slots and comparison, absent from older records), then
+each scale's arrays, oldest first: its values, as float32, its recent log-scores, as float64, and
+with `daily` on its daily slots' means, as float32 (a reader that knows only the first two skips
+the third by its size). One record
 per device, key `["<device>"]`: its alert state, as JSON. The same encoding carries a channel
 across a model reload; score histories are kept only for the model that made them.
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from gateway.detect.channel import Channel, Device
 from gateway.detect.likelihood import ScoreLikelihood
+from gateway.detect.seasonal import DaySlots
 from gateway.detect.settings import Tunables
 from gateway.detect.windows import Scale
 from gateway.service.state import StateStore
@@ -50,6 +52,8 @@ def encode_channel(ch: Channel, model: str) -> bytes:
         "lag": _ordered(ch.lag, ch.lpos, len(ch.lag)).tolist(),
         "scales": [h for h, _ in dumped],
     }
+    if ch.cfg.daily:  # the clock runs only for the daily comparison
+        fields["clock"] = [ch.t_last, ch.interval]
     header = json.dumps(fields, separators=(",", ":")).encode()
     return b"".join([struct.pack("<I", len(header)), header, *(a for _, arrays in dumped for a in arrays)])
 
@@ -66,6 +70,8 @@ def decode_channel(ch: Channel, blob: bytes, model: str) -> None:
     ch.cleared = h.get("cleared", 0)  # not in records from before it was kept: nothing muted
     ch.lo, ch.hi, ch.hold = h["range"]
     ch.last, ch.run, ch.longest, ch.changes, ch.step = h["runs"]
+    # Not in records from before the daily comparison: the interval is learned afresh.
+    ch.t_last, ch.interval = h.get("clock", (math.nan, 0.0))[:2]
     # Oldest first; a version 1 record holds NaN for each slot not yet filled.
     ch.lag = array("d", [v for v in h["lag"] if not math.isnan(v)][-ch.lag_length :])
     by_k = {s.k: s for s in ch.scales}
@@ -86,14 +92,17 @@ def _dump_scale(scale: Scale) -> tuple[dict[str, Any], list[bytes]]:
     values = np.ascontiguousarray(scale.last_values(n_values)).tobytes()
     recent = _recent(scale)
     arrays = [values, recent.tobytes()]
-    if scale.stamps:  # only with `daily` on
-        arrays.append(scale.last_times().tobytes())
+    day = scale.day
+    if day is not None:  # only with `daily` on
+        arrays.append(day.last().tobytes())
     header = {
         "k": scale.k, "seen": scale.seen, "acc": scale.acc, "cnt": scale.cnt, "likelihood": scale.likelihood,
         "n": list(map(len, arrays)),  # bytes
         # Sums and moments as they are, so that a restart continues bit for bit.
         "stats": scale.stats(),
     }
+    if day is not None:
+        header["day"] = {"per_day": day.per_day, "slot": day.slot, "acc": day.acc, "cnt": day.cnt}
     season = scale.season
     if season is not None:  # a few numbers: in the header; kept across a model reload (no model in it)
         header["season"] = {"likelihood": season.likelihood, "stats": season.stats(),
@@ -108,8 +117,11 @@ def _load_scale(
     scale.load_values(np.frombuffer(arrays[0], dtype=value_dtype))
     scale.seen, scale.acc, scale.cnt = h["seen"], h["acc"], h["cnt"]
     # A comparison turned off since the record was written is not restored: its likelihood would stay.
-    if cfg.daily and len(arrays) > 2:
-        scale.load_times(np.frombuffer(arrays[2], dtype=np.float64))
+    if cfg.daily and (day := h.get("day")) is not None:
+        means = np.frombuffer(arrays[2], dtype=np.float32)
+        if len(means) == scale.length:  # a buffer of another length since: its slots start afresh
+            scale.day = DaySlots(day["per_day"], scale.length)
+            scale.day.restore(day["slot"], day["acc"], day["cnt"], means)
     if cfg.daily and (season := h.get("season")) is not None:
         scale.season = ScoreLikelihood()
         scale.season.likelihood = season["likelihood"]

@@ -67,10 +67,12 @@ class Tunables(BaseModel):
         False,
         description="Also compare each time scale's newest window with the same hours a day before, where its "
         "buffer holds a day (the 16-reading scale for readings 48 s to 45 min apart, the 4-reading one for 3.2 "
-        "min to 3 h, the 1-reading one for 13 min to 12 h), each block against the one completed nearest a day "
-        "before it (lost packets shift nothing; blocks a day after a silence have no match and are left out): a "
-        "daily pattern broken (a bump missing, lower, flattened) that each window's shape alone does not show. Channels whose day does not repeat are left to the model. Off by default: its gain is "
-        "on NAB's artificial daily files alone, which cross-validation cannot confirm held out (README, Detection).",
+        "min to 3 h, the 1-reading one for 13 min to 12 h), as means over slots of the clock, each against the "
+        "slot a day before (a lost packet or a silence leaves its slot empty and out of the comparison): a daily "
+        "pattern broken (a bump missing, lower, flattened) that each window's shape alone does not show. "
+        "Channels whose day does not repeat are left to the model. Off by default: cross-validation chooses it "
+        "(NAB's 18 files 47.2 held out, against 40.9), but it also compares a day with a fault the day before "
+        "held, and nearly doubles the simulated farm's false alerts (README, Detection).",
     )
     range_tolerance: float = Field(
         0.25, ge=0,

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from gateway.detect.likelihood import ScoreLikelihood
+from gateway.detect.seasonal import DaySlots
 from gateway.detect.scoring import Normalization
 
 _SCORE_CAP = 1e30  # scores are capped here: far beyond any alert, still finite
@@ -23,7 +24,6 @@ _FIRST = 16  # values a scale's buffer takes at its first value: it doubles as v
 # range a value would become inf, and inf - inf a NaN in the window's statistics: stored at the edge.
 _F32_MAX = float(np.finfo(np.float32).max)
 _NO_VALUES = array("f")  # shared by every scale without values yet; its own array comes with its first
-_NO_TIMES = array("d")  # shared by every scale without block times: all of them unless `daily` is on
 
 
 class Scorer(Protocol):
@@ -39,11 +39,11 @@ class Scorer(Protocol):
 
 class Scale(ScoreLikelihood):
     """One time scale of a channel: block means of k readings in a ring buffer, (inherited) the
-    anomaly likelihood state of the model's scores of those windows, and (with `daily` on) the
-    times its blocks completed and the likelihood state of their daily comparison
-    (gateway.detect.seasonal) once the buffer holds a day."""
+    anomaly likelihood state of the model's scores of those windows, and (with `daily` on, where a
+    day fits) the clock's slots of its readings and the likelihood state of their daily comparison
+    (gateway.detect.seasonal)."""
 
-    __slots__ = ("acc", "buf", "cnt", "end", "k", "length", "season", "seen", "stamps", "times")
+    __slots__ = ("acc", "buf", "cnt", "day", "end", "k", "length", "season", "seen")
 
     def __init__(self, k: int, window: int, history: int) -> None:
         super().__init__()
@@ -62,8 +62,7 @@ class Scale(ScoreLikelihood):
         self.acc = 0.0  # sum and count of the block being filled
         self.cnt = 0
         self.season: ScoreLikelihood | None = None  # made at the first daily comparison
-        self.times = _NO_TIMES  # a ring of the last `length` blocks' times, with `daily` on
-        self.stamps = 0  # blocks stamped with their time
+        self.day: DaySlots | None = None  # made once the channel's interval is known, where a day fits
 
     def add(self, x: float) -> bool:
         """Take one reading; True when it completed a block (a new value in the buffer)."""
@@ -98,25 +97,6 @@ class Scale(ScoreLikelihood):
         self.end = end + 1
         self.seen += 1
         return True
-
-    def stamp(self, t: float) -> None:
-        """The time of the block `add` just completed."""
-        if self.times is _NO_TIMES:
-            self.times = array("d", bytes(8 * self.length))
-        self.times[self.stamps % self.length] = t
-        self.stamps += 1
-
-    def last_times(self) -> np.ndarray:
-        """The times of the blocks stamped, up to `length`, oldest first."""
-        n = min(self.stamps, self.length)
-        pos = self.stamps % self.length if self.stamps >= self.length else 0
-        times = np.frombuffer(self.times, dtype=np.float64, count=n) if n else np.empty(0)
-        return np.concatenate((times[pos:], times[:pos]))
-
-    def load_times(self, times: np.ndarray) -> None:
-        """Into this scale, not yet stamped: its blocks' times, oldest first (at most `length`)."""
-        for t in times[-self.length :].tolist():
-            self.stamp(t)
 
     def window(self) -> array:
         """A copy of all the values there are, up to `length`, oldest first: the window to score
